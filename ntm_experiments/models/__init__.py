@@ -1,0 +1,30 @@
+"""Models: NTM (feedforward or LSTM controller) and the plain LSTM baseline.
+
+Models know nothing about tasks: they map an input sequence (T, B, I) to output logits
+(T, B, O), given only the widths.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from .lstm import StackedLSTM
+from .ntm import NTM, NTMState, Trace
+
+
+def make_model(cfg: Mapping[str, Any], input_size: int, output_size: int) -> nn.Module:
+    """Build a model from its config node (``cfg.model``)."""
+    settings = dict(cfg)
+    name = settings.pop("name")
+    if "controller" in settings:
+        return NTM(input_size, output_size, **settings)
+    return StackedLSTM(input_size, output_size, **settings)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["NTM", "NTMState", "Trace", "StackedLSTM", "make_model", "count_parameters"]

@@ -1,0 +1,137 @@
+"""ntm-train: the training loop (sample, forward, masked cost, backward, clip, step).
+
+    ntm-train task=copy model=ntm_lstm
+    ntm-train task=copy model=ntm_lstm resume=true      # continue the newest such run
+    ntm-train -m task=copy model=ntm_ff,lstm seed=1,2   # a sweep, one folder per job
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from tqdm import tqdm
+
+from . import checkpoint
+from .config import ConfigError, config_dir, hparams, resolve_device, validate
+from .models import count_parameters, make_model
+from .optim import GravesRMSprop
+from .tasks import make_task
+
+log = logging.getLogger("ntm_experiments.train")
+
+COST_TAG = "train/cost_bits_per_sequence"
+
+
+def check_resumable(saved: dict, cfg: DictConfig) -> None:
+    """A run may only continue with the task, model and seed it started with."""
+    for key in ("task", "model", "seed", "train.batch_size"):
+        before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(now):
+            now = OmegaConf.to_container(now, resolve=True)
+        if before != now:
+            raise ConfigError(f"resume: the checkpoint was trained with {key}={before}, this run asks for "
+                              f"{key}={now}; only train.total_sequences and logging settings may change")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train as ``cfg`` says, writing everything under ``run_dir``; returns the final cost
+    (bits per sequence, averaged over the last logging interval)."""
+    validate(cfg)
+    device = torch.device(resolve_device(str(cfg.device)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
+    torch.manual_seed(cfg.seed)
+    data_rng = torch.Generator().manual_seed(cfg.seed)  # the training-data stream (CPU, so CPU and GPU see the same data)
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width).to(device)
+    opt = GravesRMSprop(model.parameters(), lr=cfg.train.lr, decay=cfg.train.decay,
+                        momentum=cfg.train.momentum, eps=cfg.train.eps)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    seen, last_cost = 0, math.nan
+    resuming = cfg.resume not in (False, None, "false", "False")
+    if resuming or ckpt_path.exists():
+        if not resuming:
+            raise ConfigError(f"{run_dir} already holds a checkpoint: pass resume=true to continue it, or use a new folder")
+        saved = checkpoint.load(ckpt_path)
+        check_resumable(saved["config"], cfg)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        checkpoint.restore_rng_states(saved["rng"], data_rng)
+        seen, last_cost = saved["sequences_seen"], saved["last_cost"]
+        log.info("resumed %s at %d sequences", ckpt_path, seen)
+
+    n_params, paper_params = count_parameters(model), cfg.paper.params
+    log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
+             cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
+    # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
+    writer = SummaryWriter(str(run_dir), purge_step=seen if seen else None)
+    if not seen:
+        writer.add_text("model/parameters", f"{n_params:,} (paper: {paper_params or 'n/a'})", 0)
+        writer.add_scalar("model/parameters", n_params, 0)
+        if paper_params:
+            writer.add_scalar("model/parameters_paper", paper_params, 0)
+        for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, {COST_TAG: math.nan}):
+            writer.file_writer.add_summary(summary)
+
+    def save_checkpoint() -> None:
+        writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
+        checkpoint.save(ckpt_path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "sequences_seen": seen,
+            "last_cost": last_cost, "config": OmegaConf.to_container(cfg, resolve=True),
+            "rng": checkpoint.rng_states(data_rng)})
+
+    total, batch_size = cfg.train.total_sequences, cfg.train.batch_size
+    log_every, ckpt_every = cfg.train.log_every, cfg.train.checkpoint_every
+    cost_sum = grad_norm_sum = 0.0
+    steps_in_window = seqs_in_window = 0
+    bar = tqdm(total=total, initial=seen, unit="seq", unit_scale=True, dynamic_ncols=True,
+               disable=not cfg.progress, mininterval=1.0, desc=f"{cfg.task.name}/{cfg.model.name}")
+    model.train()
+    while seen < total:
+        b = min(batch_size, total - seen)
+        batch = task.sample(b, data_rng).to(device)
+        cost = task.cost(model(batch.inputs), batch)  # (b,) bits per sequence
+        loss = cost.mean() * math.log(2.0)  # objective: summed binary cross-entropy per sequence, in nats
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measure only
+        torch.nn.utils.clip_grad_value_(params, cfg.train.clip_value)  # element-wise, §4.6
+        opt.step()
+
+        before, seen = seen, seen + b
+        cost_sum += cost.sum().item()
+        grad_norm_sum += grad_norm.item()
+        steps_in_window += 1
+        seqs_in_window += b
+        bar.update(b)
+        if seen // log_every > before // log_every or seen == total:
+            last_cost = cost_sum / seqs_in_window
+            writer.add_scalar(COST_TAG, last_cost, seen)
+            writer.add_scalar("train/grad_norm", grad_norm_sum / steps_in_window, seen)
+            writer.add_scalar("train/lr", opt.param_groups[0]["lr"], seen)
+            bar.set_postfix(cost=f"{last_cost:.3f} bits/seq")
+            cost_sum = grad_norm_sum = 0.0
+            steps_in_window = seqs_in_window = 0
+            if seen // ckpt_every > before // ckpt_every or seen == total:
+                save_checkpoint()
+    bar.close()
+    if not ckpt_path.exists():  # resumed a run that had already finished
+        save_checkpoint()
+    writer.close()
+    log.info("finished: %d sequences, final cost %.4f bits per sequence", seen, last_cost)
+    return float(last_cost)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra entry point; returns the final cost so sweepers (e.g. Optuna) can minimise it."""
+    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
