@@ -97,5 +97,7 @@ def write(memory: torch.Tensor, weights: torch.Tensor, erase: torch.Tensor, add:
     memory (B, N, M), weights (B, H, N), erase (B, H, M) in (0, 1), add (B, H, M) -> (B, N, M).
     """
     keep = 1.0 - weights[..., :, None] * erase[..., None, :]  # (B, H, N, M)
-    erased = memory * keep.prod(dim=1)
-    return erased + torch.einsum("bhn,bhm->bnm", weights, add)
+    factor = keep[:, 0]
+    for head in range(1, keep.shape[1]):  # a few heads: cheaper than prod(), whose backward is slow
+        factor = factor * keep[:, head]
+    return memory * factor + torch.einsum("bhn,bhm->bnm", weights, add)

@@ -154,9 +154,9 @@ def register_configs() -> None:
         "ngrams_schema": NGramsConfig,
         "priority_sort_schema": PrioritySortConfig,
     }.items():
-        cs.store(group="task", name=name, node=node)
-    cs.store(group="model", name="ntm_schema", node=NTMConfig)
-    cs.store(group="model", name="lstm_schema", node=LSTMConfig)
+        cs.store(group="schema/task", name=name.removesuffix("_schema"), node=node)
+    cs.store(group="schema/model", name="ntm", node=NTMConfig)
+    cs.store(group="schema/model", name="lstm", node=LSTMConfig)
 
 
 def _resolve_run_dir(resume: Any, fresh: str) -> str:

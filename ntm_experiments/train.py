@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
+import sys
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -73,7 +76,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
              cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
     # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
-    writer = SummaryWriter(str(run_dir), purge_step=seen if seen else None)
+    # (the checkpoint's own point, at step `seen`, stays)
+    writer = SummaryWriter(str(run_dir), purge_step=seen + 1 if seen else None)
     if not seen:
         writer.add_text("model/parameters", f"{n_params:,} (paper: {paper_params or 'n/a'})", 0)
         writer.add_scalar("model/parameters", n_params, 0)
@@ -134,4 +138,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the final cost so sweepers (e.g. Optuna) can minimise it."""
-    return train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    try:
+        return train(cfg, Path(hydra_cfg.runtime.output_dir))
+    except ConfigError as error:
+        if hydra_cfg.mode == RunMode.RUN:  # one line and exit 2; in a sweep, Hydra reports it per job
+            run_dir = Path(hydra_cfg.runtime.output_dir)
+            if not any(run_dir.glob("events.out.tfevents.*")) and not (run_dir / checkpoint.CHECKPOINT_NAME).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # leave no empty run folder behind
+            print(f"ntm-train: error: {error}", file=sys.stderr)
+            sys.exit(2)
+        raise

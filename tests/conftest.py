@@ -1,0 +1,60 @@
+"""Shared helpers: compose the real Hydra config, run the real CLI, read real event files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ntm_experiments.config import config_dir
+
+TASKS = ["copy", "repeat_copy", "associative_recall", "ngrams", "priority_sort"]
+MODELS = ["ntm_ff", "ntm_lstm", "lstm"]
+# a small, fast run for CLI tests: real code paths, tiny sizes
+TINY = ["model.controller_size=16", "model.memory_rows=16", "model.memory_width=6", "train.batch_size=8",
+        "train.log_every=32", "train.checkpoint_every=64", "progress=false"]
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def ntm_train_exe() -> str:
+    exe = shutil.which("ntm-train") or str(Path(sys.executable).with_name("ntm-train"))
+    assert Path(exe).exists(), "ntm-train is not installed: pip install -e '.[test]'"
+    return exe
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 240, exe: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([exe or ntm_train_exe(), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one scalar tag, read back from the run's event files."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Folders under root that hold a checkpoint, i.e. finished or checkpointed runs."""
+    return sorted(p.parent for p in root.rglob("checkpoint.pt"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty working directory outside the repository (ntm-train must find conf/ from anywhere)."""
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
