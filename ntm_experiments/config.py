@@ -101,7 +101,7 @@ class NTMConfig(ModelConfig):
     memory_rows: int = 128
     memory_width: int = 20
     shift_range: int = 1
-    memory_init: str = "constant"
+    memory_init: str = "learned"
     memory_init_value: float = 1e-6
     initial_focus: float = 8.0
 

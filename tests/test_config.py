@@ -96,7 +96,8 @@ def test_schema_rejects_unknown_keys_and_wrong_types():
     ("device=tpu", "device=tpu"),
 ])
 def test_validate_names_the_bad_value(override, message):
-    overrides = [override] + (["task.max_length=4"] if override == "task.min_length=5" else [])
+    extra = {"task.min_length=5": ["task.max_length=4"], "model.memory_init_value=0": ["model.memory_init=constant"]}
+    overrides = [override] + extra.get(override, [])
     cfg = compose_config(*overrides)
     with pytest.raises(ConfigError) as info:
         validate(cfg)

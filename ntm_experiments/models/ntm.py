@@ -87,7 +87,7 @@ class LSTMController(nn.Module):
 class NTM(nn.Module):
     def __init__(self, input_size: int, output_size: int, controller: str = "lstm", controller_size: int = 100,
                  controller_layers: int = 1, read_heads: int = 1, write_heads: int = 1, memory_rows: int = 128,
-                 memory_width: int = 20, shift_range: int = 1, memory_init: str = "constant",
+                 memory_width: int = 20, shift_range: int = 1, memory_init: str = "learned",
                  memory_init_value: float = 1e-6, initial_focus: float = 8.0, **_):
         super().__init__()
         self.R, self.W, self.N, self.M = read_heads, write_heads, memory_rows, memory_width
