@@ -7,10 +7,14 @@ Set HYDRA_FULL_ERROR=1 yourself to see Hydra's full report and stack trace.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
+import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from hydra.errors import HydraException
@@ -83,3 +87,71 @@ def train() -> None:
     from .train import main
 
     run_cli(main, "ntm-train")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def evaluate_checkpoint(argv: list[str]) -> Path:
+    """ntm-eval: score a checkpoint on its task's generalisation suite; write PNGs, JSON, CSV."""
+    import argparse
+
+    import matplotlib.pyplot as plt
+    import torch
+    from omegaconf import OmegaConf
+
+    from . import checkpoint
+    from .config import Config, resolve_device, validate
+    from .evaluate import as_dicts, evaluate, example_figure, results_table
+    from .models import make_model
+    from .tasks import make_task
+
+    parser = argparse.ArgumentParser(prog="ntm-eval", description="Evaluate a trained checkpoint on its task's "
+                                     "generalisation suite; writes <run dir>/eval/{results.json,results.csv,*.png}.")
+    parser.add_argument("path", type=Path, help="a run directory (holding checkpoint.pt) or a checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.lengths=[40,80,120] "
+                        "eval.sequences=256 eval.pictures=false device=cpu")
+    args = parser.parse_args(argv)
+    saved = checkpoint.load(args.path)
+    run_dir = args.path if args.path.is_dir() else args.path.parent
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), saved["config"])
+    OmegaConf.set_struct(cfg, True)
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
+    validate(cfg)
+    device = torch.device(resolve_device(str(cfg.device)))
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    model.load_state_dict(saved["model"])
+    model.to(device)
+
+    seen = saved["sequences_seen"]
+    results = evaluate(model, task, cfg.eval, device)
+    print(f"{cfg.model.name} on {cfg.task.name}, after {seen:,} training sequences ({run_dir})")
+    print(results_table(results))
+    out = run_dir / "eval"
+    out.mkdir(exist_ok=True)
+    payload = {"run_dir": str(run_dir), "task": cfg.task.name, "model": cfg.model.name, "sequences_seen": seen,
+               "eval": OmegaConf.to_container(cfg.eval), "results": as_dicts(results)}
+    _write_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    rows = as_dicts(results)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(out / "results.csv", buffer.getvalue())
+    if cfg.eval.pictures:
+        for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
+            fig = example_figure(model, task, setting, cfg.eval.seed, device)
+            tmp = out / f".{setting.name}.png.tmp"
+            fig.savefig(tmp, dpi=110, format="png")
+            plt.close(fig)
+            os.replace(tmp, out / f"{setting.name}.png")
+    print(f"wrote {out}/results.json, results.csv" + (" and one PNG per setting" if cfg.eval.pictures else ""))
+    return out
+
+
+def evaluate() -> None:
+    run_cli(lambda: evaluate_checkpoint(sys.argv[1:]), "ntm-eval")

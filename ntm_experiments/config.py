@@ -127,6 +127,15 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    every: int = 10_000
+    sequences: int = 64
+    seed: int = 1234
+    lengths: Optional[list[int]] = None
+    pictures: bool = True
+
+
+@dataclass
 class PaperRow:
     table: str = ""
     params: Optional[int] = None
@@ -137,6 +146,7 @@ class Config:
     task: Any = MISSING
     model: Any = MISSING
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     paper: PaperRow = field(default_factory=PaperRow)
     seed: int = 0
     device: str = "auto"
@@ -193,6 +203,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("train.lr", "train.clip_value", "train.total_sequences", "train.batch_size",
                 "train.log_every", "train.checkpoint_every", "train.eps"):
         _positive(cfg, key)
+    for key in ("eval.every", "eval.sequences"):
+        _positive(cfg, key)
+    for value in cfg.eval.lengths or []:
+        if value <= 0:
+            raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
     for key in ("train.momentum", "train.decay"):
         value = OmegaConf.select(cfg, key)
         if not 0 <= value < 1:

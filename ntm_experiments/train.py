@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import ConfigError, config_dir, hparams, resolve_device, validate
+from .evaluate import log_evaluation
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
 from .tasks import make_task
@@ -117,7 +118,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         steps_in_window += 1
         seqs_in_window += b
         bar.update(b)
-        if seen // log_every > before // log_every or seen == total:
+        crossed = lambda every: seen // every > before // every or seen == total  # noqa: E731
+        if crossed(log_every):
             last_cost = cost_sum / seqs_in_window
             writer.add_scalar(COST_TAG, last_cost, seen)
             writer.add_scalar("train/grad_norm", grad_norm_sum / steps_in_window, seen)
@@ -125,8 +127,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             bar.set_postfix(cost=f"{last_cost:.3f} bits/seq")
             cost_sum = grad_norm_sum = 0.0
             steps_in_window = seqs_in_window = 0
-            if seen // ckpt_every > before // ckpt_every or seen == total:
-                save_checkpoint()
+        if crossed(cfg.eval.every):  # generalisation suite, on fixed sequences
+            log_evaluation(writer, model, task, cfg.eval, seen, device)
+        if crossed(ckpt_every):  # always a logging boundary too (validated)
+            save_checkpoint()
     bar.close()
     if not ckpt_path.exists():  # resumed a run that had already finished
         save_checkpoint()

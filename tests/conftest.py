@@ -18,7 +18,7 @@ TASKS = ["copy", "repeat_copy", "associative_recall", "ngrams", "priority_sort"]
 MODELS = ["ntm_ff", "ntm_lstm", "lstm"]
 # a small, fast run for CLI tests: real code paths, tiny sizes
 TINY = ["model.controller_size=16", "model.memory_rows=16", "model.memory_width=6", "train.batch_size=8",
-        "train.log_every=32", "train.checkpoint_every=64", "progress=false"]
+        "train.log_every=32", "train.checkpoint_every=64", "eval.sequences=4", "progress=false"]
 
 
 def compose_config(*overrides: str, return_hydra_config: bool = False):

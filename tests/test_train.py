@@ -9,7 +9,7 @@ import pytest
 from conftest import MODELS, TASKS, compose_config, scalars
 from ntm_experiments.train import COST_TAG, train
 
-SHORT = ["train.total_sequences=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4",
+SHORT = ["train.total_sequences=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4", "eval.sequences=4",
          "progress=false"]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .associative_recall import AssociativeRecall
-from .base import Batch, Task, cost_bits
+from .base import Batch, EvalSetting, Task, cost_bits
 from .copy import Copy
 from .ngrams import NGrams, optimal_predictions
 from .priority_sort import PrioritySort
@@ -29,5 +29,5 @@ def make_task(cfg: Mapping[str, Any]) -> Task:
     return TASKS[name](**settings)
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "cost_bits", "optimal_predictions",
+__all__ = ["Batch", "EvalSetting", "Task", "TASKS", "make_task", "cost_bits", "optimal_predictions",
            "Copy", "RepeatCopy", "AssociativeRecall", "NGrams", "PrioritySort"]

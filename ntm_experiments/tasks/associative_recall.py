@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch, Task, randint, random_bits
+from .base import Batch, EvalSetting, Task, randint, random_bits
 
 
 class AssociativeRecall(Task):
@@ -25,6 +25,10 @@ class AssociativeRecall(Task):
         self.min_items, self.max_items = min_items, max_items
         self.input_width = bits + 2
         self.output_width = bits
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """Fig 11: 6, 10, 15 and 20 items (``lengths`` gives item counts)."""
+        return [EvalSetting(f"items_{k}", {"items": k}) for k in (lengths or (6, 10, 15, 20))]
 
     def sample(self, batch_size: int, generator: torch.Generator, items: int | None = None) -> Batch:
         m = self.item_length

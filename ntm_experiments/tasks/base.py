@@ -50,8 +50,15 @@ def random_bits(size: tuple[int, ...], generator: torch.Generator) -> torch.Tens
     return torch.randint(0, 2, size, generator=generator).float()
 
 
+class EvalSetting(NamedTuple):
+    """One generalisation setting: a name for logs and files, and the ``sample`` keywords."""
+    name: str
+    setting: dict
+    sequences: int | None = None  # how many sequences to score; None: the run's eval.sequences
+
+
 class Task:
-    """Base class: subclasses set the widths and implement ``sample``."""
+    """Base class: subclasses set the widths and implement ``sample`` and ``suite``."""
 
     name: str = ""
     input_width: int = 0
@@ -60,6 +67,11 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator, **setting) -> Batch:
         """A batch drawn from the task's training distribution; keyword settings (a fixed
         length, a number of repeats, ...) pin a parameter for generalisation tests."""
+        raise NotImplementedError
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """The task's generalisation settings (as in the paper's figures); ``lengths``
+        replaces the default values of the task's main size parameter."""
         raise NotImplementedError
 
     def cost(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch, Task, randint, random_bits
+from .base import Batch, EvalSetting, Task, randint, random_bits
 
 
 class Copy(Task):
@@ -24,6 +24,10 @@ class Copy(Task):
         self.spare_channels = spare_channels
         self.input_width = bits + 1 + spare_channels
         self.output_width = bits + spare_channels
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """Figs 4-5: sequence lengths 10, 20, 30, 50, 120."""
+        return [EvalSetting(f"length_{n}", {"length": n}) for n in (lengths or (10, 20, 30, 50, 120))]
 
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None) -> Batch:
         if length is None:

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .base import Batch, Task
+from .base import Batch, EvalSetting, Task
 
 
 def beta_half(size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -50,6 +50,12 @@ class NGrams(Task):
 
     def __init__(self, context: int = 5, length: int = 200, **_):
         self.context, self.length = context, length
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """§4.4: a validation set of 1000 sequences of 200 bits (``lengths``: other lengths)."""
+        if lengths:
+            return [EvalSetting(f"length_{n}", {"length": n}, 1000) for n in lengths]
+        return [EvalSetting("validation", {}, 1000)]
 
     def sample_bits(self, batch_size: int, generator: torch.Generator, length: int | None = None) -> torch.Tensor:
         """(T, B) bits drawn from fresh per-sequence N-gram tables."""

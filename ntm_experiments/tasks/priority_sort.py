@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch, Task, random_bits
+from .base import Batch, EvalSetting, Task, random_bits
 
 
 class PrioritySort(Task):
@@ -24,6 +24,12 @@ class PrioritySort(Task):
         self.bits, self.num_inputs, self.num_outputs = bits, num_inputs, num_outputs
         self.input_width = bits + 2
         self.output_width = bits
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """The training distribution, plus 30 inputs / 24 outputs (an extension the paper did
+        not try). ``lengths`` gives input counts, each sorting its top 80 %."""
+        sizes = [(n, max(1, round(0.8 * n))) for n in lengths] if lengths else [(self.num_inputs, self.num_outputs), (30, 24)]
+        return [EvalSetting(f"inputs_{n}_outputs_{k}", {"num_inputs": n, "num_outputs": k}) for n, k in sizes]
 
     def sample(self, batch_size: int, generator: torch.Generator, num_inputs: int | None = None,
                num_outputs: int | None = None) -> Batch:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Batch, Task, randint, random_bits
+from .base import Batch, EvalSetting, Task, randint, random_bits
 
 
 class RepeatCopy(Task):
@@ -27,6 +27,16 @@ class RepeatCopy(Task):
         self.repeats_mean, self.repeats_std = repeats_mean, repeats_std
         self.input_width = bits + 2
         self.output_width = bits + 1
+
+    def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:
+        """Fig 8: length 10 x 20 repeats and length 20 x 10 repeats, plus the training range.
+        ``lengths`` gives sequence lengths, each at max_repeats repeats."""
+        if lengths:
+            return [EvalSetting(f"length_{n}_repeats_{self.max_repeats}", {"length": n, "repeats": self.max_repeats})
+                    for n in lengths]
+        return [EvalSetting("training_range", {}),
+                EvalSetting("length_10_repeats_20", {"length": 10, "repeats": 20}),
+                EvalSetting("length_20_repeats_10", {"length": 20, "repeats": 10})]
 
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None,
                repeats: int | None = None) -> Batch:

@@ -1,0 +1,160 @@
+"""Generalisation suites, their scores and pictures, in TensorBoard and from ntm-eval."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, compose_config, run_cli, run_dirs, scalars
+from ntm_experiments.evaluate import evaluate, example_figure, setting_batch
+from ntm_experiments.models import make_model
+from ntm_experiments.tasks import AssociativeRecall, Copy, NGrams, PrioritySort, RepeatCopy
+
+
+def test_copy_suite_has_the_papers_lengths():
+    task = Copy()
+    suite = task.suite()
+    assert [s.name for s in suite] == ["length_10", "length_20", "length_30", "length_50", "length_120"]
+    for index, setting in enumerate(suite):
+        batch = setting_batch(task, setting, 4, seed=1, index=index)
+        length = setting.setting["length"]
+        delimiter_steps = batch.inputs[:, :, 8].nonzero()[:, 0]
+        assert delimiter_steps.tolist() == [length] * 4  # the delimiter follows `length` vectors
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [8.0 * length] * 4
+
+
+def test_repeat_copy_suite_has_fig8_settings():
+    task = RepeatCopy()
+    suite = {s.name: s for s in task.suite()}
+    assert set(suite) == {"training_range", "length_10_repeats_20", "length_20_repeats_10"}
+    for name, (length, repeats) in {"length_10_repeats_20": (10, 20), "length_20_repeats_10": (20, 10)}.items():
+        batch = task.sample(3, torch.Generator().manual_seed(0), **suite[name].setting)
+        assert batch.inputs[:, :, 6].nonzero()[:, 0].tolist() == [length] * 3
+        normalised = batch.inputs[length, :, 7]
+        assert torch.allclose(normalised, torch.full((3,), (repeats - 5.5) / 2.872))
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [7.0 * (repeats * length + 1)] * 3
+    assert [s.name for s in task.suite([15])] == ["length_15_repeats_10"]
+
+
+def test_associative_recall_suite_has_fig11_item_counts():
+    task = AssociativeRecall()
+    assert [s.name for s in task.suite()] == ["items_6", "items_10", "items_15", "items_20"]
+    for setting in task.suite():
+        batch = task.sample(5, torch.Generator().manual_seed(2), **setting.setting)
+        item_delimiters = batch.inputs[:, :, 6].sum(0)
+        assert item_delimiters.tolist() == [float(setting.setting["items"])] * 5
+        assert batch.inputs[:, :, 7].sum(0).tolist() == [2.0] * 5  # the query, bounded on both sides
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [18.0] * 5
+
+
+def test_ngram_and_priority_sort_suites():
+    (validation,) = NGrams().suite()
+    assert validation.sequences == 1000
+    batch = NGrams().sample(validation.sequences, torch.Generator().manual_seed(0), **validation.setting)
+    assert batch.inputs.shape == (200, 1000, 1)
+    sort = PrioritySort()
+    names = [s.name for s in sort.suite()]
+    assert names == ["inputs_20_outputs_16", "inputs_30_outputs_24"]
+    longer = sort.sample(2, torch.Generator().manual_seed(0), **sort.suite()[1].setting)
+    assert longer.inputs.shape[0] == 30 + 1 + 24 and longer.mask.sum().item() == 2 * 24 * 8
+
+
+def test_evaluation_sees_the_same_sequences_every_time_and_scores_the_ngram_optimum():
+    cfg = compose_config("task=ngrams", "model=ntm_ff", "model.controller_size=8", "model.memory_rows=8")
+    task = NGrams()
+    torch.manual_seed(0)
+    model = make_model(cfg.model, 1, 1)
+    first, again = evaluate(model, task, cfg.eval), evaluate(model, task, cfg.eval)
+    assert first == again
+    (result,) = first
+    assert result.sequences == 1000 and result.target_bits == 200
+    assert 131.3 < result.optimal_cost_bits < 135.3  # SPEC.md: about 133.3 over all 200 bits
+    assert result.cost_bits > result.optimal_cost_bits  # an untrained network does worse than the optimum
+    assert 0 <= result.wrong_bits <= 200
+
+
+def test_wrong_bits_count_only_scored_bits():
+    cfg = compose_config("task=copy", "model=lstm", "model.hidden_size=8", "eval.lengths=[3]", "eval.sequences=5")
+    model = make_model(cfg.model, 10, 9)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    torch.nn.init.constant_(model.output.bias, 10.0)  # always outputs 1 with confidence
+    (result,) = evaluate(model, Copy(), cfg.eval)
+    batch = setting_batch(Copy(), Copy().suite([3])[0], 5, cfg.eval.seed, 0)
+    zeros = ((batch.targets == 0).float() * batch.mask).sum().item() / 5
+    assert result.wrong_bits == pytest.approx(zeros)  # every scored 0 is wrong, nothing else counts
+    assert result.target_bits == 24
+
+
+def test_example_figure_has_ntm_panels():
+    cfg = compose_config("task=copy", "model=ntm_lstm", "model.controller_size=8", "model.memory_rows=16")
+    model = make_model(cfg.model, 10, 9)
+    figure = example_figure(model, Copy(), Copy().suite([4])[0], seed=0)
+    labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
+    assert labels[:3] == ["inputs", "targets", "outputs"]
+    assert any("write" in label for label in labels) and any("read" in label for label in labels)
+    assert "add vectors" in labels
+
+
+@pytest.mark.slow
+def test_training_logs_evaluations_and_pictures_to_tensorboard(workdir):
+    result = run_cli(["task=copy", "model=ntm_lstm", "train.total_sequences=64", "eval.every=32",
+                      "eval.sequences=4", "eval.lengths=[3,12]", *TINY], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    for name in ("length_3", "length_12"):
+        assert [s for s, _ in scalars(run_dir, f"eval/{name}/cost_bits_per_sequence")] == [32, 64]
+        assert [s for s, _ in scalars(run_dir, f"eval/{name}/wrong_bits_per_sequence")] == [32, 64]
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    images = acc.Images("examples/length_12")
+    assert [i.step for i in images] == [32, 64]
+    assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and images[0].width > 300
+
+
+@pytest.mark.slow
+def test_ntm_eval_writes_table_pngs_json_and_csv(workdir):
+    result = run_cli(["task=associative_recall", "model=ntm_ff", "train.total_sequences=32", "eval.every=1000",
+                      "eval.pictures=false", *TINY], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(workdir / "outputs")
+    exe = str(Path(sys.executable).with_name("ntm-eval"))
+    done = subprocess.run([exe, str(run_dir), "eval.lengths=[3,7]", "eval.sequences=6", "eval.pictures=true"],
+                          capture_output=True, text=True, timeout=240, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "items_3" in done.stdout and "items_7" in done.stdout and "wrong bits/seq" in done.stdout
+    payload = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert payload["sequences_seen"] == 32 and payload["task"] == "associative_recall"
+    assert [r["setting"] for r in payload["results"]] == ["items_3", "items_7"]
+    assert all(r["sequences"] == 6 and r["target_bits"] == 18 for r in payload["results"])
+    csv_lines = (run_dir / "eval" / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("setting,sequences,cost_bits,wrong_bits") and len(csv_lines) == 3
+    for name in ("items_3", "items_7"):
+        assert (run_dir / "eval" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+    # a checkpoint file works as well as its folder; without overrides the run's own config
+    # applies (here: pictures off, the default Fig 11 item counts)
+    done = subprocess.run([exe, str(run_dir / "checkpoint.pt"), "eval.sequences=2"], capture_output=True,
+                          text=True, timeout=240, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert [r["setting"] for r in payload["results"]] == ["items_6", "items_10", "items_15", "items_20"]
+    assert not (run_dir / "eval" / "items_6.png").exists()
+
+
+@pytest.mark.parametrize("make_path, message", [
+    (lambda d: d / "missing", "no checkpoint there"),
+    (lambda d: (d / "bad.pt").write_bytes(b"not a checkpoint") and d / "bad.pt", "not a readable checkpoint"),
+])
+def test_ntm_eval_refuses_a_missing_or_corrupt_checkpoint(workdir, make_path, message):
+    exe = str(Path(sys.executable).with_name("ntm-eval"))
+    done = subprocess.run([exe, str(make_path(workdir))], capture_output=True, text=True, timeout=120, cwd=workdir)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntm-eval: error: ") and message in lines[0]
