@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""How much training time do the periodic generalisation evaluations cost?
+
+Times, in one process and side by side, (a) training steps on the task and (b) one
+evaluation of the task's suite (with pictures, as during training), then prints the
+evaluation time as a fraction of the time it takes to train `eval.every` sequences.
+
+    python scripts/eval_overhead.py task=copy model=ntm_lstm
+    python scripts/eval_overhead.py task=ngrams model=ntm_ff --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.tensorboard import SummaryWriter
+
+from ntm_experiments.config import config_dir
+from ntm_experiments.evaluate import log_evaluation
+from ntm_experiments.models import make_model
+from ntm_experiments.optim import GravesRMSprop
+from ntm_experiments.tasks import make_task
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="ntm-train overrides, e.g. task=copy model=ntm_lstm")
+    parser.add_argument("--steps", type=int, default=30, help="training steps to time")
+    args = parser.parse_args(argv)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=args.overrides)
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    opt = GravesRMSprop(model.parameters(), lr=cfg.train.lr)
+    rng = torch.Generator().manual_seed(cfg.seed)
+
+    def train_step() -> None:
+        batch = task.sample(cfg.train.batch_size, rng)
+        loss = task.cost(model(batch.inputs), batch).mean() * math.log(2.0)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), cfg.train.clip_value)
+        opt.step()
+
+    train_step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    per_sequence = (time.perf_counter() - start) / (args.steps * cfg.train.batch_size)
+
+    with tempfile.TemporaryDirectory() as logdir:
+        writer = SummaryWriter(logdir)
+        start = time.perf_counter()
+        log_evaluation(writer, model, task, cfg.eval, 0)
+        evaluation = time.perf_counter() - start
+        writer.close()
+    training = per_sequence * cfg.eval.every
+    print(f"{cfg.task.name}/{cfg.model.name}, batch {cfg.train.batch_size}, {torch.get_num_threads()} threads")
+    print(f"training: {1 / per_sequence:.0f} sequences/s -> {training:.1f} s per eval.every={cfg.eval.every} sequences")
+    suite = task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None)
+    scored = sum(s.sequences or cfg.eval.sequences for s in suite)
+    print(f"one evaluation ({len(suite)} settings, {scored} sequences in all, pictures "
+          f"{'on' if cfg.eval.pictures else 'off'}): {evaluation:.2f} s")
+    print(f"evaluation overhead: {100 * evaluation / training:.1f} % of training time")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
