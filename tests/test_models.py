@@ -1,0 +1,108 @@
+"""Models: Table 3's parameter counts, batching without mixing, explicit state, the optimiser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters
+from ntm_experiments.optim import GravesRMSprop
+
+SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
+
+
+@pytest.mark.parametrize("widths, hidden, count", [
+    ((10, 9), 256, 1_352_969),   # copy
+    ((8, 7), 512, 5_312_007),    # repeat copy
+    ((8, 6), 256, 1_344_518),    # associative recall
+    ((1, 1), 128, 331_905),      # N-grams
+    ((10, 8), 128, 348_424),     # priority sort (the paper prints 384,424: a misprint)
+])
+def test_lstm_parameter_counts_equal_table_3(widths, hidden, count):
+    assert count_parameters(StackedLSTM(*widths, hidden_size=hidden, layers=3)) == count
+
+
+NTM_VARIANTS = [
+    dict(controller="ff"),
+    dict(controller="lstm"),
+    dict(controller="lstm", controller_layers=2, read_heads=3, write_heads=2),
+    dict(controller="ff", read_heads=3, write_heads=2, memory_init="constant"),
+    dict(controller="lstm", memory_init="constant", shift_range=2),
+]
+
+
+@pytest.mark.parametrize("variant", NTM_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
+def test_ntm_forward_trace_and_state(variant):
+    torch.manual_seed(0)
+    model = NTM(5, 4, **SMALL, **variant)
+    x = torch.randn(7, 3, 5)
+    logits, trace = model(x, trace=True)
+    assert logits.shape == (7, 3, 4) and torch.isfinite(logits).all()
+    R, W = variant.get("read_heads", 1), variant.get("write_heads", 1)
+    assert trace.read_weights.shape == (7, 3, R, 16) and trace.write_weights.shape == (7, 3, W, 16)
+    assert trace.adds.shape == (7, 3, W, 6)
+    for w in (trace.read_weights, trace.write_weights):
+        assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)), atol=1e-5)
+    state = model.initial_state(3)
+    assert isinstance(state, NTMState)
+    assert state.reads.shape == (3, R, 6) and state.memory.shape == (3, 16, 6)
+    assert state.read_weights.shape == (3, R, 16) and state.write_weights.shape == (3, W, 16)
+    for field in (state.reads, state.read_weights, state.write_weights, state.memory, *state.controller):
+        assert torch.equal(field[0], field[-1])  # the same learned bias for every sequence
+    assert torch.equal(model(x), model(x))  # no hidden state kept between calls
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NTM(5, 4, controller="ff", **SMALL),
+    lambda: NTM(5, 4, controller="lstm", read_heads=2, write_heads=2, **SMALL),
+    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+], ids=["ntm_ff", "ntm_lstm", "lstm"])
+def test_no_mixing_across_the_batch(make):
+    torch.manual_seed(1)
+    model = make()
+    x = torch.randn(9, 4, 5)
+    together = model(x)
+    for i in range(4):
+        assert torch.allclose(together[:, i], model(x[:, i:i + 1])[:, 0], atol=1e-6)
+
+
+def test_constant_memory_gives_finite_gradients():
+    torch.manual_seed(2)
+    model = NTM(5, 4, controller="lstm", memory_init="constant", memory_init_value=1e-6, **SMALL)
+    model(torch.randn(11, 3, 5)).pow(2).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_learned_initial_state_gets_gradients():
+    model = NTM(5, 4, controller="lstm", memory_init="learned", **SMALL)
+    model(torch.randn(6, 2, 5)).sum().backward()
+    for p in (model.memory0, model.read0, model.weight_logits0, model.controller.h0):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_graves_rmsprop_by_hand():
+    w = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    opt = GravesRMSprop([w], lr=0.1, decay=0.95, momentum=0.9, eps=1e-4)
+    n = m = delta = 0.0
+    value = 1.0
+    for g in (2.0, -1.0):
+        w.grad = torch.tensor([g], dtype=torch.float64)
+        opt.step()
+        n = 0.95 * n + 0.05 * g * g
+        m = 0.95 * m + 0.05 * g
+        delta = 0.9 * delta - 0.1 * g / (n - m * m + 1e-4) ** 0.5  # epsilon inside the root
+        value += delta
+        assert w.item() == pytest.approx(value, rel=1e-12)
+
+
+def test_graves_rmsprop_differs_from_torch_rmsprop():
+    a = torch.nn.Parameter(torch.tensor([1.0]))
+    b = torch.nn.Parameter(torch.tensor([1.0]))
+    ours = GravesRMSprop([a], lr=1e-2, decay=0.95, momentum=0.9, eps=1e-4)
+    theirs = torch.optim.RMSprop([b], lr=1e-2, alpha=0.95, momentum=0.9, eps=1e-4, centered=True)
+    for opt, p in ((ours, a), (theirs, b)):
+        p.grad = torch.tensor([1e-3])
+        opt.step()
+    # with a small gradient, eps inside the root (sqrt(1e-4) = 1e-2) damps the step far more
+    assert abs(a.item() - 1.0) < 0.2 * abs(b.item() - 1.0)

@@ -1,0 +1,183 @@
+"""The five task generators against hand-worked layouts, and the cost in bits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ntm_experiments.tasks import (AssociativeRecall, Copy, NGrams, PrioritySort, RepeatCopy, cost_bits,
+                                   optimal_predictions)
+from ntm_experiments.tasks.ngrams import beta_half
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_widths_match_table_3():
+    widths = {type(t).__name__: (t.input_width, t.output_width)
+              for t in (Copy(), RepeatCopy(), AssociativeRecall(), NGrams(), PrioritySort())}
+    assert widths == {"Copy": (10, 9), "RepeatCopy": (8, 7), "AssociativeRecall": (8, 6), "NGrams": (1, 1),
+                      "PrioritySort": (10, 8)}
+
+
+def test_copy_layout_by_hand():
+    b = Copy().sample(1, gen(), length=3)
+    x, y, m = b.inputs[:, 0], b.targets[:, 0], b.mask[:, 0]
+    assert x.shape == (7, 10) and y.shape == (7, 9)  # 3 inputs + delimiter + 3 outputs
+    seq = x[:3, :8]
+    assert x[:3, 8:].sum() == 0 and x[3].tolist() == [0] * 8 + [1, 0]  # delimiter on its own channel
+    assert x[4:].sum() == 0  # nothing is input while the targets are produced
+    assert x[:, 9].sum() == 0  # the spare input channel is always zero
+    assert torch.equal(y[4:, :8], seq) and y[:4].sum() == 0
+    expected_mask = torch.zeros(7, 9)
+    expected_mask[4:, :8] = 1  # the spare output channel is never scored
+    assert torch.equal(m, expected_mask)
+
+
+def test_repeat_copy_layout_by_hand():
+    b = RepeatCopy().sample(1, gen(1), length=2, repeats=3)
+    x, y, m = b.inputs[:, 0], b.targets[:, 0], b.mask[:, 0]
+    assert x.shape == (2 + 1 + 6 + 1, 8)
+    seq = x[:2, :6]
+    assert x[:2, 6:].sum() == 0
+    assert x[2, 6] == 1 and x[2, 7] == pytest.approx((3 - 5.5) / 2.872) and x[2, :6].sum() == 0
+    assert x[3:].sum() == 0
+    assert torch.equal(y[3:9, :6], torch.cat([seq, seq, seq]))  # the sequence, three times
+    assert y[3:9, 6].sum() == 0 and y[9].tolist() == [0] * 6 + [1]  # then the end marker
+    assert m[:3].sum() == 0 and torch.equal(m[3:], torch.ones(7, 7))
+
+
+def test_associative_recall_layout_by_hand():
+    b = AssociativeRecall().sample(4, gen(2), items=3)
+    for i in range(4):
+        x, y, m = b.inputs[:, i], b.targets[:, i], b.mask[:, i]
+        assert x.shape == (3 * 4 + 5 + 3, 8)
+        items = [x[4 * k + 1:4 * k + 4, :6] for k in range(3)]
+        for k in range(3):
+            assert x[4 * k].tolist() == [0] * 6 + [1, 0]  # item delimiter before each item
+            assert x[4 * k + 1:4 * k + 4, 6:].sum() == 0
+        assert x[12].tolist() == [0] * 7 + [1] and x[16].tolist() == [0] * 7 + [1]  # query delimiters
+        query = x[13:16, :6]
+        q = [k for k in range(2) if torch.equal(items[k], query)]  # the query is one of the first two items
+        assert q, "the query must repeat an item that has a successor"
+        assert torch.equal(y[17:20], items[q[0] + 1])  # answer: the item after the query
+        assert x[17:].sum() == 0 and y[:17].sum() == 0
+        assert m[:17].sum() == 0 and torch.equal(m[17:], torch.ones(3, 6))
+
+
+def test_priority_sort_sorts_whole_vectors_by_priority():
+    b = PrioritySort().sample(8, gen(3), num_inputs=5, num_outputs=3)
+    assert b.inputs.shape == (5 + 1 + 3, 8, 10)
+    for i in range(8):
+        x, y, m = b.inputs[:, i], b.targets[:, i], b.mask[:, i]
+        vectors, priority = x[:5, :8], x[:5, 8]
+        assert ((priority >= -1) & (priority <= 1)).all()
+        assert x[5].tolist() == [0] * 9 + [1] and x[6:].sum() == 0
+        best = sorted(range(5), key=lambda k: -priority[k].item())[:3]
+        for out_step, k in enumerate(best):
+            assert torch.equal(y[6 + out_step], vectors[k])  # whole rows, highest priority first
+        assert m[:6].sum() == 0 and torch.equal(m[6:], torch.ones(3, 8))
+
+
+def test_priority_sort_is_not_a_column_sort():
+    """Sorting each bit column on its own (a known trap) would give target rows not among the inputs."""
+    b = PrioritySort().sample(64, gen(4))
+    rows_ok = 0
+    for i in range(64):
+        inputs = b.inputs[:20, i, :8]
+        for step in range(21, 37):
+            rows_ok += int((inputs == b.targets[step, i]).all(dim=1).any())
+    assert rows_ok == 64 * 16
+    column_sorted = b.inputs[:20, :, :8].sort(dim=0, descending=True).values[:16]
+    assert not torch.equal(column_sorted, b.targets[21:])
+
+
+def test_ngrams_layout():
+    task = NGrams(length=12)
+    b = task.sample(3, gen(5))
+    assert b.inputs.shape == (12, 3, 1)
+    assert torch.equal(b.inputs[1:, :, 0], b.targets[:-1, :, 0])  # input at t is bit t-1
+    assert b.inputs[0].sum() == 0 and torch.equal(b.mask, torch.ones(12, 3, 1))
+
+
+def _phase_end(batch, i, channel):
+    return int(batch.inputs[:, i, channel].nonzero()[0, 0])
+
+
+@pytest.mark.parametrize("task, bits_for", [
+    (Copy(), lambda b, i: 8 * _phase_end(b, i, 8)),
+    (RepeatCopy(), lambda b, i: 7 * (round(b.inputs[_phase_end(b, i, 6), i, 7].item() * 2.872 + 5.5)
+                                     * _phase_end(b, i, 6) + 1)),
+    (AssociativeRecall(), lambda b, i: 18),
+    (NGrams(), lambda b, i: 200),
+    (PrioritySort(), lambda b, i: 128),
+])
+def test_mixed_lengths_in_one_batch_are_masked_per_sequence(task, bits_for):
+    b = task.sample(64, gen(6))
+    scored = b.mask.sum(dim=(0, 2))
+    for i in range(64):
+        assert scored[i].item() == bits_for(b, i)
+        last = int(b.mask[:, i].sum(dim=1).nonzero().max())  # the sequence's last scored step
+        assert b.inputs[last + 1:, i].abs().sum() == 0 and b.targets[last + 1:, i].sum() == 0
+    if isinstance(task, (Copy, RepeatCopy, AssociativeRecall)):
+        assert len(set(scored.tolist())) > 1 or isinstance(task, AssociativeRecall)
+        steps = (b.mask.sum(dim=2) > 0).float().argmax(dim=0)  # first scored step differs across the batch
+        assert len(set(steps.tolist())) > 1
+
+
+def test_length_ranges_and_seed():
+    copy = Copy().sample(2000, gen(7))
+    lengths = copy.inputs[:, :, 8].argmax(dim=0)
+    assert set(lengths.tolist()) == set(range(1, 21))
+    rc = RepeatCopy().sample(2000, gen(8))
+    delim = rc.inputs[:, :, 6].argmax(dim=0)
+    counts = torch.round(rc.inputs[delim, torch.arange(2000), 7] * 2.872 + 5.5)
+    assert set(counts.long().tolist()) == set(range(1, 11)) and set(delim.tolist()) == set(range(1, 11))
+    ar = AssociativeRecall().sample(2000, gen(9))
+    assert set(ar.inputs[:, :, 6].sum(0).long().tolist()) == set(range(2, 7))
+    for task in (Copy(), RepeatCopy(), AssociativeRecall(), NGrams(), PrioritySort()):
+        a, again, other = task.sample(8, gen(10)), task.sample(8, gen(10)), task.sample(8, gen(11))
+        assert all(torch.equal(p, q) for p, q in zip(a, again))
+        assert not torch.equal(a.inputs, other.inputs) or not torch.equal(a.targets, other.targets)
+
+
+def test_beta_half_moments():
+    p = beta_half((200_000,), gen(12))
+    assert abs(p.mean().item() - 0.5) < 0.005 and abs(p.var().item() - 1 / 8) < 0.003
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_optimal_estimator_by_hand():
+    bits = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, 0.0])[:, None]
+    # context = previous 1 bit; before it is seen: 1/2
+    # t=1: ctx 1, counts (N1=0, N0=0) -> 1/2; observe 0 under ctx 1
+    # t=2: ctx 0, (0, 0) -> 1/2;               observe 1 under ctx 0
+    # t=3: ctx 1, (N1=0, N0=1) -> 0.5/2;       observe 1 under ctx 1
+    # t=4: ctx 1, (N1=1, N0=1) -> 1.5/3;       observe 1 under ctx 1
+    # t=5: ctx 1, (N1=2, N0=1) -> 2.5/4
+    expected = torch.tensor([0.5, 0.5, 0.5, 0.25, 0.5, 0.625])
+    assert torch.allclose(optimal_predictions(bits, context=1)[:, 0], expected)
+
+
+def test_optimal_estimator_scores_about_133_bits():
+    task = NGrams()
+    bits = task.sample_bits(1000, gen(13))
+    p = optimal_predictions(bits, 5)
+    bce = -(bits * torch.log2(p) + (1 - bits) * torch.log2(1 - p)).sum(0)
+    assert 131.3 < bce.mean().item() < 135.3  # SPEC.md: about 133.3 over all 200 bits
+
+
+@pytest.mark.parametrize("task", [Copy(), RepeatCopy(), AssociativeRecall(), NGrams(), PrioritySort()],
+                         ids=lambda t: t.name)
+def test_cost_of_perfect_and_know_nothing_predictors(task):
+    b = task.sample(16, gen(14))
+    perfect = cost_bits((2 * b.targets - 1) * 50, b.targets, b.mask)
+    assert (perfect < 1e-4).all()
+    half = cost_bits(torch.zeros_like(b.targets), b.targets, b.mask)
+    assert torch.allclose(half, b.mask.sum(dim=(0, 2)))  # one bit per scored target bit
+    assert task.cost(torch.zeros_like(b.targets), b).shape == (16,)
+    assert math.isclose(cost_bits(torch.zeros(1, 1, 1), torch.ones(1, 1, 1), torch.ones(1, 1, 1)).item(), 1.0,
+                        rel_tol=1e-6)
