@@ -7,6 +7,7 @@ for an NTM its write and read weightings and add vectors over time.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,28 +83,38 @@ def as_dicts(results: list[Result]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ pictures
-def _used_rows(weights: torch.Tensor, margin: int = 2) -> tuple[int, int]:
-    """First and last memory row (inclusive) that any step weights above 1 %, with a margin.
-    weights: (N, T). All rows when the focus wraps around the end of memory."""
-    used = (weights.max(dim=1).values > 0.01).nonzero().flatten()
-    if len(used) == 0:
-        return 0, weights.shape[0] - 1
-    return max(0, int(used.min()) - margin), min(weights.shape[0] - 1, int(used.max()) + margin)
+def used_rows(weights: torch.Tensor, margin: int = 2) -> list[int]:
+    """The memory rows worth drawing: the shortest circular window holding every row that some
+    step weights above 1 %, plus a margin (memory is circular, so the window may wrap).
+    weights: (N, T). Returns row indices in display order."""
+    n = weights.shape[0]
+    used = (weights.max(dim=1).values > 0.01).tolist()
+    if all(used) or not any(used):
+        return list(range(n))
+    # the longest circular run of unused rows is left out
+    best_len, best_start, run = 0, 0, 0
+    for k in range(2 * n):
+        run = run + 1 if not used[k % n] else 0
+        if run > best_len:
+            best_len, best_start = min(run, n), (k - run + 1) % n
+    start = (best_start + best_len - margin) % n
+    length = n - best_len + 2 * margin
+    if length >= n:
+        return list(range(n))
+    return [(start + k) % n for k in range(length)]
 
 
 def _panel(ax, image: torch.Tensor, label: str, cmap: str = "gray_r", vmin: float = 0.0, vmax: float = 1.0,
-           first_row: int | None = None):
-    """image: (rows, T); time runs left to right. With first_row, the y axis numbers memory rows."""
-    extent = None
-    if first_row is not None:
-        extent = (-0.5, image.shape[1] - 0.5, first_row + image.shape[0] - 0.5, first_row - 0.5)
+           rows: list[int] | None = None):
+    """image: (rows, T); time runs left to right. With rows, the y axis names memory rows."""
     shown = ax.imshow(image.numpy(), aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax,
-                      origin="upper", extent=extent)
+                      origin="upper")
     ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    if first_row is None:
+    if rows is None:
         ax.set_yticks([])
     else:
-        ax.tick_params(axis="y", labelsize=7)
+        ticks = list(range(0, len(rows), max(1, len(rows) // 6)))
+        ax.set_yticks(ticks, [str(rows[k]) for k in ticks], fontsize=7)
     return shown
 
 
@@ -132,23 +143,24 @@ def example_figure(model: nn.Module, task: Task, setting: EvalSetting, seed: int
               ("outputs", (outputs * (mask > 0)).T, "gray_r", 0, 1, None)]
     if trace is not None:
         write, read = trace.write_weights[:, 0, 0].T, trace.read_weights[:, 0, 0].T  # (N, T), first heads
-        lo, hi = _used_rows(torch.cat([write, read], dim=1))
+        rows = used_rows(torch.cat([write, read], dim=1))
         add = trace.adds[:, 0, 0]  # (T, M), first write head
         limit = max(float(add.abs().max()), 1e-6)
-        panels += [("write\nweighting\n(memory row)", write[lo:hi + 1], "magma_r", 0, 1, lo),
-                   ("read\nweighting\n(memory row)", read[lo:hi + 1], "magma_r", 0, 1, lo),
+        panels += [("write\nweighting\n(memory row)", write[rows], "magma_r", 0, 1, rows),
+                   ("read\nweighting\n(memory row)", read[rows], "magma_r", 0, 1, rows),
                    ("add vectors", add.T, "RdBu_r", -limit, limit, None)]
     heights = [max(2, p[1].shape[0]) ** 0.5 for p in panels]
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.09 * inputs.shape[0] + 2), 1.2 + 0.45 * sum(heights)),
                              gridspec_kw={"height_ratios": heights}, sharex=True, constrained_layout=True)
-    for ax, (label, image, cmap, vmin, vmax, first_row) in zip(axes, panels):
-        shown = _panel(ax, image, label, cmap, vmin, vmax, first_row)
+    for ax, (label, image, cmap, vmin, vmax, rows) in zip(axes, panels):
+        shown = _panel(ax, image, label, cmap, vmin, vmax, rows)
         fig.colorbar(shown, ax=ax, fraction=0.02, pad=0.01)
     axes[-1].set_xlabel("time step")
     caption = "rows: inputs / targets / outputs (scored steps only), black = 1"
     if trace is not None:
         caption += "; head 1's weightings over the memory rows it used, and its add vectors"
-    fig.suptitle(f"{title}\n{caption}", fontsize=9)
+    width_chars = int(fig.get_figwidth() * 14)
+    fig.suptitle(title + "\n" + textwrap.fill(caption, width_chars), fontsize=9)
     return fig
 
 
@@ -163,7 +175,7 @@ def _ngram_figure(task: NGrams, bits: torch.Tensor, predicted: torch.Tensor, tit
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("time step")
     ax.set_ylabel("P(next bit = 1)")
-    ax.legend(loc="upper right", fontsize=8, ncol=3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set_title(title, fontsize=9)
     return fig
 

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, compose_config, run_cli, run_dirs, scalars
-from ntm_experiments.evaluate import evaluate, example_figure, setting_batch
+from ntm_experiments.evaluate import evaluate, example_figure, setting_batch, used_rows
 from ntm_experiments.models import make_model
 from ntm_experiments.tasks import AssociativeRecall, Copy, NGrams, PrioritySort, RepeatCopy
 
@@ -100,6 +100,16 @@ def test_example_figure_has_ntm_panels():
     assert labels[:3] == ["inputs", "targets", "outputs"]
     assert any("write" in label for label in labels) and any("read" in label for label in labels)
     assert "add vectors" in labels
+
+
+def test_weighting_pictures_show_the_used_rows_even_across_the_wrap():
+    w = torch.zeros(10, 3)
+    w[0, 0], w[9, 1], w[8, 2] = 1.0, 1.0, 0.5  # focus moving backwards across row 0
+    assert used_rows(w, margin=1) == [7, 8, 9, 0, 1]
+    w = torch.zeros(10, 2)
+    w[3, 0], w[5, 1] = 1.0, 1.0
+    assert used_rows(w, margin=1) == [2, 3, 4, 5, 6]
+    assert used_rows(torch.full((4, 2), 0.25)) == [0, 1, 2, 3]
 
 
 @pytest.mark.slow
