@@ -20,7 +20,7 @@ from typing import Callable
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import ConfigError
+from .config import RunError
 
 _DETAIL = re.compile(r"^\s*(full_key|object_type|reference_type|Config search path|provider=|To append)")
 
@@ -37,7 +37,7 @@ def one_line(error: BaseException) -> str:
     """Condense a Hydra/OmegaConf/our error (and its causes) into a single line."""
     link: BaseException | None = error
     while link is not None:  # our own messages are already one clear line
-        if isinstance(link, ConfigError):
+        if isinstance(link, RunError):
             return str(link)
         link = link.__cause__ or link.__context__
     chain = []
@@ -73,10 +73,16 @@ def run_cli(entry: Callable[[], object], prog: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         entry()
-    except (ConfigError, HydraException, OmegaConfBaseException) as error:
+    except (RunError, HydraException, OmegaConfBaseException) as error:
         if user_wants_full_error:
             raise
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # e.g. an output folder that cannot be created or written
+        if user_wants_full_error:
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(f"{prog}: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the last checkpoint is kept (resume=true continues it)", file=sys.stderr)

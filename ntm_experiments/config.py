@@ -16,8 +16,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the CLI prints it as one line."""
+class RunError(Exception):
+    """A problem the user can act on; the CLI prints its one-line message and exits 2."""
+
+
+class ConfigError(RunError, ValueError):
+    """A bad setting, path or checkpoint."""
+
+
+class TrainingDiverged(RunError):
+    """Training kept producing non-finite values after restoring the last good state."""
 
 
 def config_dir() -> str:
@@ -120,6 +128,8 @@ class TrainConfig:
     decay: float = 0.95
     eps: float = 1e-4
     clip_value: float = 10.0
+    max_bad_steps: int = 10
+    max_restores: int = 3
     total_sequences: int = 1_000_000
     batch_size: int = 16
     log_every: int = 1_000
@@ -200,7 +210,7 @@ def _positive(cfg: DictConfig, key: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Checks across values that a type alone cannot express; raises ConfigError."""
-    for key in ("train.lr", "train.clip_value", "train.total_sequences", "train.batch_size",
+    for key in ("train.lr", "train.clip_value", "train.total_sequences", "train.batch_size", "train.max_bad_steps",
                 "train.log_every", "train.checkpoint_every", "train.eps"):
         _positive(cfg, key)
     for key in ("eval.every", "eval.sequences"):
@@ -270,4 +280,4 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-__all__ = ["Config", "ConfigError", "config_dir", "validate", "resolve_device", "hparams"]
+__all__ = ["Config", "RunError", "ConfigError", "TrainingDiverged", "config_dir", "validate", "resolve_device", "hparams"]

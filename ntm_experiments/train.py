@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import shutil
@@ -23,7 +24,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import ConfigError, config_dir, hparams, resolve_device, validate
+from .config import ConfigError, RunError, TrainingDiverged, config_dir, hparams, resolve_device, validate
 from .evaluate import log_evaluation
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
@@ -42,7 +43,7 @@ def check_resumable(saved: dict, cfg: DictConfig) -> None:
             now = OmegaConf.to_container(now, resolve=True)
         if before != now:
             raise ConfigError(f"resume: the checkpoint was trained with {key}={before}, this run asks for "
-                              f"{key}={now}; only train.total_sequences and logging settings may change")
+                              f"{key}={now}; only train.total_sequences, the optimiser settings (train.lr, ...) and logging settings may change")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -52,6 +53,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     device = torch.device(resolve_device(str(cfg.device)))
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
+    for stale in run_dir.glob(f".{checkpoint.CHECKPOINT_NAME}.*.tmp"):  # a write cut short by a kill
+        stale.unlink()
     torch.manual_seed(cfg.seed)
     data_rng = torch.Generator().manual_seed(cfg.seed)  # the training-data stream (CPU, so CPU and GPU see the same data)
     task = make_task(cfg.task)
@@ -68,7 +71,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         saved = checkpoint.load(ckpt_path)
         check_resumable(saved["config"], cfg)
         model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
+        opt.load_state_dict(saved["optimizer"])  # this also brings back the saved lr, decay, ...
+        settings = {"lr": cfg.train.lr, "momentum": cfg.train.momentum, "decay": cfg.train.decay, "eps": cfg.train.eps}
+        for group in opt.param_groups:  # ... but the optimiser settings asked for now are the ones that apply
+            changed = {k: (group[k], v) for k, v in settings.items() if group[k] != v}
+            group.update(settings)
+        if changed:
+            log.info("resume: optimiser settings changed: %s",
+                     ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
         checkpoint.restore_rng_states(saved["rng"], data_rng)
         seen, last_cost = saved["sequences_seen"], saved["last_cost"]
         log.info("resumed %s at %d sequences", ckpt_path, seen)
@@ -87,17 +97,30 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, {COST_TAG: math.nan}):
             writer.file_writer.add_summary(summary)
 
+    # what a restore after repeated non-finite steps goes back to: the last checkpoint's state
+    last_good = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(opt.state_dict()), "seen": seen}
+
     def save_checkpoint() -> None:
         writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
-        checkpoint.save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "sequences_seen": seen,
-            "last_cost": last_cost, "config": OmegaConf.to_container(cfg, resolve=True),
-            "rng": checkpoint.rng_states(data_rng)})
+        if not all(torch.isfinite(p).all() for p in params):  # a finite step can still overflow the weights
+            log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
+                        seen, last_good["seen"])
+            return
+        last_good.update(model=copy.deepcopy(model.state_dict()), optimizer=copy.deepcopy(opt.state_dict()), seen=seen)
+        try:
+            checkpoint.save(ckpt_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "sequences_seen": seen,
+                "last_cost": last_cost, "config": OmegaConf.to_container(cfg, resolve=True),
+                "rng": checkpoint.rng_states(data_rng)})
+        except OSError as error:
+            raise RunError(f"cannot write the checkpoint {ckpt_path}: {error.strerror or error}; "
+                           "the previous checkpoint is kept") from error
 
     total, batch_size = cfg.train.total_sequences, cfg.train.batch_size
     log_every, ckpt_every = cfg.train.log_every, cfg.train.checkpoint_every
     cost_sum = grad_norm_sum = 0.0
     steps_in_window = seqs_in_window = 0
+    skipped = bad_in_row = restores = skipped_at_checkpoint = 0
     bar = tqdm(total=total, initial=seen, unit="seq", unit_scale=True, dynamic_ncols=True,
                disable=not cfg.progress, mininterval=1.0, desc=f"{cfg.task.name}/{cfg.model.name}")
     model.train()
@@ -109,6 +132,25 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measure only
+        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # skip the step, count it
+            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            writer.add_scalar("train/skipped_steps", skipped, seen)
+            if bad_in_row >= cfg.train.max_bad_steps:
+                restores, bad_in_row = restores + 1, 0
+                if restores > cfg.train.max_restores:
+                    writer.close()
+                    raise TrainingDiverged(
+                        f"training diverged: {cfg.train.max_bad_steps} non-finite steps in a row after "
+                        f"{cfg.train.max_restores} restores of the state at {last_good['seen']:,} sequences; "
+                        + (f"checkpoint kept in {run_dir}" if ckpt_path.exists() else "no checkpoint written yet")
+                        + " (try a lower train.lr)")
+                model.load_state_dict(last_good["model"])
+                opt.load_state_dict(last_good["optimizer"])
+                writer.add_scalar("train/restores", restores, seen)
+                log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
+                            cfg.train.max_bad_steps, last_good["seen"], restores, cfg.train.max_restores)
+            continue
+        bad_in_row = 0
         torch.nn.utils.clip_grad_value_(params, cfg.train.clip_value)  # element-wise, §4.6
         opt.step()
 
@@ -130,7 +172,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         if crossed(cfg.eval.every):  # generalisation suite, on fixed sequences
             log_evaluation(writer, model, task, cfg.eval, seen, device)
         if crossed(ckpt_every):  # always a logging boundary too (validated)
-            save_checkpoint()
+            if skipped > skipped_at_checkpoint and seen < total:  # unstable since the last one: keep that one
+                log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
+                            skipped - skipped_at_checkpoint, seen)
+            else:
+                save_checkpoint()
+            skipped_at_checkpoint = skipped
     bar.close()
     if not ckpt_path.exists():  # resumed a run that had already finished
         save_checkpoint()
@@ -145,7 +192,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         return train(cfg, Path(hydra_cfg.runtime.output_dir))
-    except ConfigError as error:
+    except RunError as error:
         if hydra_cfg.mode == RunMode.RUN:  # one line and exit 2; in a sweep, Hydra reports it per job
             run_dir = Path(hydra_cfg.runtime.output_dir)
             if not any(run_dir.glob("events.out.tfevents.*")) and not (run_dir / checkpoint.CHECKPOINT_NAME).exists():

@@ -54,6 +54,10 @@ def test_shift_is_circular_at_both_ends():
     assert torch.equal(A.shift(one_hot(0), MINUS_ONE), one_hot(4))  # row 0 -1 wraps to the last row
     assert torch.equal(A.shift(one_hot(2), PLUS_ONE), one_hot(3))
     assert torch.equal(A.shift(one_hot(2), STAY), one_hot(2))
+    w = t([0.1, 0.2, 0.3, 0.15, 0.25])[None]
+    assert torch.allclose(A.shift(w, STAY), w)  # s = [0, 1, 0] is the identity on any weighting
+    assert torch.allclose(A.shift(w, PLUS_ONE), t([0.25, 0.1, 0.2, 0.3, 0.15])[None])  # w~(i) = w(i - 1)
+    assert torch.allclose(A.shift(w, MINUS_ONE), t([0.2, 0.3, 0.15, 0.25, 0.1])[None])  # w~(i) = w(i + 1)
     # a split shift spreads the focus: w~(i) = sum_j w(j) s(i - j)
     spread = A.shift(one_hot(0), t([0.2, 0.5, 0.3])[None])
     assert torch.allclose(spread[0, 0], torch.tensor([0.5, 0.3, 0, 0, 0.2], dtype=torch.float64))
@@ -64,6 +68,11 @@ def test_wider_shift_range():
     s[0, 0, 4] = 1.0  # offset +2 with S = 2
     assert torch.equal(A.shift(one_hot(4, n=7), s), one_hot(6, n=7))
     assert torch.equal(A.shift(one_hot(6, n=7), s), one_hot(1, n=7))  # wraps
+    s[0, 0, 4], s[0, 0, 0] = 0.0, 1.0  # offset -2
+    assert torch.equal(A.shift(one_hot(1, n=7), s), one_hot(6, n=7))
+    # K = 1 (no shifting allowed): the only distribution is [1], the identity
+    w = torch.softmax(torch.randn(2, 3, 7, dtype=torch.float64), -1)
+    assert torch.allclose(A.shift(w, torch.ones(2, 3, 1, dtype=torch.float64)), w)
 
 
 def test_batched_shift_does_not_mix_samples_or_heads():
@@ -88,6 +97,21 @@ def test_sharpen_by_hand():
     w = t([0.5, 0.25, 0.25])[None]
     assert torch.allclose(A.sharpen(w, t([1.0])[None]), w, atol=1e-7)
     assert torch.allclose(A.sharpen(w, t([2.0])[None]), t([4 / 6, 1 / 6, 1 / 6])[None], atol=1e-7)
+
+
+def test_address_pipeline_by_hand():
+    """Two heads in one call. Head 0: beta large, g = 1, shift +1, gamma = 1: the content focus on row 1
+    (the key [0, 3] matches it) moves to row 2. Head 1: beta = 0 (content uniform 1/3), previous one-hot
+    on row 0, g = 1/2: [2/3, 1/6, 1/6]; shift +1: [1/6, 2/3, 1/6]; gamma = 2: [1, 16, 1] / 18."""
+    previous = t([0.2, 0.3, 0.5], [1.0, 0.0, 0.0])[None]
+    keys = t([0.0, 3.0], [5.0, -1.0])[None]
+    out = A.address(MEMORY, previous, keys, beta=t([100.0], [0.0])[None], gate=t([1.0], [0.5])[None],
+                    shifts=t([0.0, 0.0, 1.0], [0.0, 0.0, 1.0])[None], gamma=t([1.0], [2.0])[None])
+    assert torch.allclose(out[0, 0], t([0.0, 0.0, 1.0])[0], atol=1e-6)
+    assert torch.allclose(out[0, 1], t([1 / 18, 16 / 18, 1 / 18])[0], atol=1e-6)
+    # g = 0 ignores the content entirely: the previous weighting, shifted and sharpened
+    kept = A.address(MEMORY, previous[:, :1], keys[:, :1], t([100.0])[None], t([0.0])[None], STAY, t([1.0])[None])
+    assert torch.allclose(kept, previous[:, :1], atol=1e-6)
 
 
 def test_read_is_the_weighted_sum_of_rows():
@@ -168,11 +192,14 @@ def test_gradcheck(name):
 def _finite_forward_backward(fn, *args):
     args = [a.clone().requires_grad_() for a in args]
     out = fn(*args)
-    # a weighted sum, so the gradient is not trivially zero (as it is for sum() of a softmax)
-    (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
     assert torch.isfinite(out).all()
-    for a in args:
-        assert a.grad is None or torch.isfinite(a.grad).all()
+    # the plain sum, then a weighted sum (the gradient of sum() of a softmax is trivially zero)
+    for weights in (torch.ones(out.numel()), torch.linspace(0, 1, out.numel())):
+        for a in args:
+            a.grad = None
+        (out * weights.view_as(out)).sum().backward(retain_graph=True)
+        for a in args:
+            assert a.grad is not None and torch.isfinite(a.grad).all()
 
 
 def test_zero_keys_and_zero_memory_rows_stay_finite():

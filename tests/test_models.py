@@ -47,9 +47,31 @@ def test_ntm_forward_trace_and_state(variant):
     assert isinstance(state, NTMState)
     assert state.reads.shape == (3, R, 6) and state.memory.shape == (3, 16, 6)
     assert state.read_weights.shape == (3, R, 16) and state.write_weights.shape == (3, W, 16)
+    layers = variant.get("controller_layers", 1)
+    if variant["controller"] == "lstm":  # (h_1, c_1, ..., h_L, c_L), each (B, C)
+        assert len(state.controller) == 2 * layers and all(c.shape == (3, 16) for c in state.controller)
+    else:
+        assert state.controller == ()
     for field in (state.reads, state.read_weights, state.write_weights, state.memory, *state.controller):
-        assert torch.equal(field[0], field[-1])  # the same learned bias for every sequence
-    assert torch.equal(model(x), model(x))  # no hidden state kept between calls
+        assert (field == field[:1]).all()  # the same learned bias for every sequence of the batch
+    for w in (state.read_weights, state.write_weights):
+        assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: NTM(5, 4, controller="ff", **SMALL),
+    lambda: NTM(5, 4, controller="lstm", memory_init="constant", **SMALL),
+    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+], ids=["ntm_ff", "ntm_lstm", "lstm"])
+def test_no_hidden_state_between_calls(make):
+    """Episodic (§4): every call starts from the learned initial state, whatever ran before."""
+    torch.manual_seed(3)
+    model = make()
+    x = torch.randn(6, 2, 5)
+    first = model(x)
+    model(torch.randn(8, 2, 5) * 3)  # something else in between
+    assert torch.equal(model(x), first)
+    assert not torch.equal(model(torch.randn(6, 2, 5)), first)  # and the output does depend on the input
 
 
 @pytest.mark.parametrize("make", [
@@ -66,12 +88,15 @@ def test_no_mixing_across_the_batch(make):
         assert torch.allclose(together[:, i], model(x[:, i:i + 1])[:, 0], atol=1e-6)
 
 
-def test_constant_memory_gives_finite_gradients():
+@pytest.mark.parametrize("controller", ["ff", "lstm"])
+def test_constant_memory_gives_finite_gradients(controller):
+    """A near-zero memory (1e-6 everywhere) makes every row's norm ~0: cosine similarity must stay finite."""
     torch.manual_seed(2)
-    model = NTM(5, 4, controller="lstm", memory_init="constant", memory_init_value=1e-6, **SMALL)
+    model = NTM(5, 4, controller=controller, memory_init="constant", memory_init_value=1e-6, **SMALL)
     model(torch.randn(11, 3, 5)).pow(2).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert model.heads.weight.grad.abs().sum() > 0
 
 
 def test_learned_initial_state_gets_gradients():
@@ -86,14 +111,17 @@ def test_graves_rmsprop_by_hand():
     opt = GravesRMSprop([w], lr=0.1, decay=0.95, momentum=0.9, eps=1e-4)
     n = m = delta = 0.0
     value = 1.0
-    for g in (2.0, -1.0):
-        w.grad = torch.tensor([g], dtype=torch.float64)
+    for g in (2.0, -1.0):  # loss = g * w, so dloss/dw = g
+        opt.zero_grad()
+        (g * w).sum().backward()
         opt.step()
         n = 0.95 * n + 0.05 * g * g
         m = 0.95 * m + 0.05 * g
         delta = 0.9 * delta - 0.1 * g / (n - m * m + 1e-4) ** 0.5  # epsilon inside the root
         value += delta
         assert w.item() == pytest.approx(value, rel=1e-12)
+        if g == 2.0:  # first step, spelled out: n = 0.2, m = 0.1, D = -0.1 * 2 / sqrt(0.2 - 0.01 + 1e-4)
+            assert w.item() == pytest.approx(1 - 0.2 / 0.1901 ** 0.5, rel=1e-12)
 
 
 def test_graves_rmsprop_differs_from_torch_rmsprop():
@@ -104,5 +132,10 @@ def test_graves_rmsprop_differs_from_torch_rmsprop():
     for opt, p in ((ours, a), (theirs, b)):
         p.grad = torch.tensor([1e-3])
         opt.step()
+    # n = 0.05 g^2 = 5e-8, m = 0.05 g = 5e-5, n - m^2 = 4.75e-8
+    ours_expected = 1 - 1e-2 * 1e-3 / (4.75e-8 + 1e-4) ** 0.5          # eps inside the root
+    theirs_expected = 1 - 1e-2 * 1e-3 / ((4.75e-8) ** 0.5 + 1e-4)       # eps outside (torch)
+    assert a.item() == pytest.approx(ours_expected, rel=1e-6)
+    assert b.item() == pytest.approx(theirs_expected, rel=1e-6)
     # with a small gradient, eps inside the root (sqrt(1e-4) = 1e-2) damps the step far more
     assert abs(a.item() - 1.0) < 0.2 * abs(b.item() - 1.0)

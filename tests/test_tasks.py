@@ -31,7 +31,9 @@ def test_copy_layout_by_hand():
     assert x[:3, 8:].sum() == 0 and x[3].tolist() == [0] * 8 + [1, 0]  # delimiter on its own channel
     assert x[4:].sum() == 0  # nothing is input while the targets are produced
     assert x[:, 9].sum() == 0  # the spare input channel is always zero
-    assert torch.equal(y[4:, :8], seq) and y[:4].sum() == 0
+    assert set(seq.unique().tolist()) == {0.0, 1.0}  # random bits, not a degenerate all-0 / all-1 draw
+    assert torch.equal(y[4:, :8], seq) and y[:4].sum() == 0  # the same vectors, in the same order
+    assert y[:, 8].sum() == 0  # nothing is asked of the spare output channel
     expected_mask = torch.zeros(7, 9)
     expected_mask[4:, :8] = 1  # the spare output channel is never scored
     assert torch.equal(m, expected_mask)
@@ -44,7 +46,9 @@ def test_repeat_copy_layout_by_hand():
     seq = x[:2, :6]
     assert x[:2, 6:].sum() == 0
     assert x[2, 6] == 1 and x[2, 7] == pytest.approx((3 - 5.5) / 2.872) and x[2, :6].sum() == 0
-    assert x[3:].sum() == 0
+    assert x[3:].sum() == 0  # nothing is input while the targets are produced
+    assert set(seq.unique().tolist()) == {0.0, 1.0}  # random bits, not a degenerate draw
+    assert y[:3].sum() == 0  # no target during the input phase
     assert torch.equal(y[3:9, :6], torch.cat([seq, seq, seq]))  # the sequence, three times
     assert y[3:9, 6].sum() == 0 and y[9].tolist() == [0] * 6 + [1]  # then the end marker
     assert m[:3].sum() == 0 and torch.equal(m[3:], torch.ones(7, 7))
@@ -61,11 +65,26 @@ def test_associative_recall_layout_by_hand():
             assert x[4 * k + 1:4 * k + 4, 6:].sum() == 0
         assert x[12].tolist() == [0] * 7 + [1] and x[16].tolist() == [0] * 7 + [1]  # query delimiters
         query = x[13:16, :6]
+        assert x[13:16, 6:].sum() == 0  # no delimiter flag on the query's own steps
         q = [k for k in range(2) if torch.equal(items[k], query)]  # the query is one of the first two items
         assert q, "the query must repeat an item that has a successor"
         assert torch.equal(y[17:20], items[q[0] + 1])  # answer: the item after the query
         assert x[17:].sum() == 0 and y[:17].sum() == 0
         assert m[:17].sum() == 0 and torch.equal(m[17:], torch.ones(3, 6))
+
+
+def test_associative_recall_query_is_any_item_but_the_last():
+    """The query is item q uniform in 1..k-1, so every item but the last one gets asked, the last never."""
+    b = AssociativeRecall().sample(400, gen(15), items=4)
+    asked = []
+    for i in range(400):
+        items = [b.inputs[4 * k + 1:4 * k + 4, i, :6] for k in range(4)]
+        query = b.inputs[17:20, i, :6]
+        match = [k for k in range(4) if torch.equal(items[k], query)]
+        assert len(match) == 1
+        asked.append(match[0])
+        assert torch.equal(b.targets[21:24, i], items[match[0] + 1])
+    assert set(asked) == {0, 1, 2}
 
 
 def test_priority_sort_sorts_whole_vectors_by_priority():
@@ -80,6 +99,10 @@ def test_priority_sort_sorts_whole_vectors_by_priority():
         for out_step, k in enumerate(best):
             assert torch.equal(y[6 + out_step], vectors[k])  # whole rows, highest priority first
         assert m[:6].sum() == 0 and torch.equal(m[6:], torch.ones(3, 8))
+        assert y[:6].sum() == 0
+    # a column-by-column sort (each bit column sorted on its own) gives other targets
+    column_sorted = b.inputs[:5, :, :8].sort(dim=0, descending=True).values[:3]
+    assert not torch.equal(column_sorted, b.targets[6:])
 
 
 def test_priority_sort_is_not_a_column_sort():
@@ -101,31 +124,78 @@ def test_ngrams_layout():
     assert b.inputs.shape == (12, 3, 1)
     assert torch.equal(b.inputs[1:, :, 0], b.targets[:-1, :, 0])  # input at t is bit t-1
     assert b.inputs[0].sum() == 0 and torch.equal(b.mask, torch.ones(12, 3, 1))
+    assert set(b.targets.unique().tolist()) == {0.0, 1.0}
 
 
 def _phase_end(batch, i, channel):
     return int(batch.inputs[:, i, channel].nonzero()[0, 0])
 
 
-@pytest.mark.parametrize("task, bits_for", [
-    (Copy(), lambda b, i: 8 * _phase_end(b, i, 8)),
-    (RepeatCopy(), lambda b, i: 7 * (round(b.inputs[_phase_end(b, i, 6), i, 7].item() * 2.872 + 5.5)
-                                     * _phase_end(b, i, 6) + 1)),
-    (AssociativeRecall(), lambda b, i: 18),
-    (NGrams(), lambda b, i: 200),
-    (PrioritySort(), lambda b, i: 128),
-])
-def test_mixed_lengths_in_one_batch_are_masked_per_sequence(task, bits_for):
+def _copy_layout(b, i):
+    L = _phase_end(b, i, 8)  # the delimiter step is the sequence's length
+    mask = torch.zeros(b.mask.shape[0], 9)
+    mask[L + 1:2 * L + 1, :8] = 1
+    # the scored steps reproduce this sample's own input vectors
+    assert torch.equal(b.targets[L + 1:2 * L + 1, i, :8], b.inputs[:L, i, :8])
+    return 2 * L + 1, mask, 8 * L
+
+
+def _repeat_copy_layout(b, i):
+    L = _phase_end(b, i, 6)
+    n = round(b.inputs[L, i, 7].item() * 2.872 + 5.5)
+    mask = torch.zeros(b.mask.shape[0], 7)
+    mask[L + 1:L + n * L + 2] = 1  # n L repeated steps and the end-marker step, every channel
+    assert torch.equal(b.targets[L + 1:L + n * L + 1, i, :6], b.inputs[:L, i, :6].repeat(n, 1))
+    assert b.targets[L + n * L + 1, i, 6] == 1 and b.targets[:, i, 6].sum() == 1
+    return L + n * L + 2, mask, 7 * (n * L + 1)
+
+
+def _associative_layout(b, i):
+    k = int(b.inputs[:, i, 6].sum())  # one item delimiter per item
+    assert b.inputs[:, i, 7].nonzero()[:, 0].tolist() == [4 * k, 4 * k + 4]  # the two query delimiters
+    mask = torch.zeros(b.mask.shape[0], 6)
+    mask[4 * k + 5:4 * k + 8] = 1
+    return 4 * k + 8, mask, 18
+
+
+def _ngrams_layout(b, i):
+    return 200, torch.ones(200, 1), 200
+
+
+def _sort_layout(b, i):
+    mask = torch.zeros(37, 8)
+    mask[21:] = 1
+    return 37, mask, 128
+
+
+@pytest.mark.parametrize("task, layout", [
+    (Copy(), _copy_layout),
+    (RepeatCopy(), _repeat_copy_layout),
+    (AssociativeRecall(), _associative_layout),
+    (NGrams(), _ngrams_layout),
+    (PrioritySort(), _sort_layout),
+], ids=lambda v: getattr(v, "name", ""))
+def test_mixed_lengths_in_one_batch_are_masked_per_sequence(task, layout):
+    """Each sequence's mask covers exactly the steps its own length implies (read from its inputs),
+    and everything after its end is zero padding."""
     b = task.sample(64, gen(6))
+    assert b.inputs.shape[:2] == b.targets.shape[:2] == b.mask.shape[:2] and b.inputs.shape[1] == 64
     scored = b.mask.sum(dim=(0, 2))
+    ends = []
     for i in range(64):
-        assert scored[i].item() == bits_for(b, i)
-        last = int(b.mask[:, i].sum(dim=1).nonzero().max())  # the sequence's last scored step
-        assert b.inputs[last + 1:, i].abs().sum() == 0 and b.targets[last + 1:, i].sum() == 0
+        end, expected_mask, bits = layout(b, i)
+        ends.append(end)
+        assert torch.equal(b.mask[:, i], expected_mask)
+        assert scored[i].item() == bits
+        assert end <= b.inputs.shape[0]
+        assert b.inputs[end:, i].abs().sum() == 0 and b.targets[end:, i].sum() == 0 and b.mask[end:, i].sum() == 0
+        assert (b.targets[:, i] * (1 - b.mask[:, i])).sum() == 0  # no target outside the scored bits
+    assert max(ends) == b.inputs.shape[0]  # T is the longest sequence in the batch, no more
+    if isinstance(task, Copy):  # the spare channels: never input, never a target, never scored
+        assert b.inputs[:, :, 9].abs().sum() == 0
+        assert b.targets[:, :, 8].sum() == 0 and b.mask[:, :, 8].sum() == 0
     if isinstance(task, (Copy, RepeatCopy, AssociativeRecall)):
-        assert len(set(scored.tolist())) > 1 or isinstance(task, AssociativeRecall)
-        steps = (b.mask.sum(dim=2) > 0).float().argmax(dim=0)  # first scored step differs across the batch
-        assert len(set(steps.tolist())) > 1
+        assert len(set(ends)) > 1  # the batch really mixes lengths
 
 
 def test_length_ranges_and_seed():
@@ -162,6 +232,21 @@ def test_optimal_estimator_by_hand():
     assert torch.allclose(optimal_predictions(bits, context=1)[:, 0], expected)
 
 
+def test_optimal_estimator_two_bit_context_by_hand():
+    # context = (bit t-2, bit t-1); 1/2 for t < 2. Second sequence: all ones, run in the same batch.
+    # t=2: ctx 01 (0, 0) -> 1/2;           then 01 sees a 1
+    # t=3: ctx 11 (0, 0) -> 1/2;           then 11 sees a 0
+    # t=4: ctx 10 (0, 0) -> 1/2 (not 01's count: the order of the context bits matters); 10 sees a 1
+    # t=5: ctx 01 (N1=1, N0=0) -> 1.5/2;   then 01 sees a 1
+    # t=6: ctx 11 (N1=0, N0=1) -> 0.5/2;   then 11 sees a 0
+    # t=7: ctx 10 (N1=1, N0=0) -> 1.5/2
+    a = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    ones = torch.ones(8)  # ctx 11 every time from t=2: (N1 + 1/2) / (N1 + 1) with N1 = t - 2
+    p = optimal_predictions(torch.stack([a, ones], dim=1), context=2)
+    assert torch.allclose(p[:, 0], torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.75, 0.25, 0.75]))
+    assert torch.allclose(p[:, 1], torch.tensor([0.5, 0.5, 0.5, 1.5 / 2, 2.5 / 3, 3.5 / 4, 4.5 / 5, 5.5 / 6]))
+
+
 def test_optimal_estimator_scores_about_133_bits():
     task = NGrams()
     bits = task.sample_bits(1000, gen(13))
@@ -181,3 +266,17 @@ def test_cost_of_perfect_and_know_nothing_predictors(task):
     assert task.cost(torch.zeros_like(b.targets), b).shape == (16,)
     assert math.isclose(cost_bits(torch.zeros(1, 1, 1), torch.ones(1, 1, 1), torch.ones(1, 1, 1)).item(), 1.0,
                         rel_tol=1e-6)
+
+
+def test_know_nothing_cost_by_hand():
+    """SPEC.md: 1 bit per target bit, copy at length L costs 8 L bits; repeat copy (L, n): 7 (n L + 1)."""
+    copy = Copy().sample(3, gen(16), length=5)
+    assert torch.allclose(cost_bits(torch.zeros_like(copy.targets), copy.targets, copy.mask), torch.full((3,), 40.0))
+    rc = RepeatCopy().sample(2, gen(17), length=4, repeats=3)
+    assert torch.allclose(cost_bits(torch.zeros_like(rc.targets), rc.targets, rc.mask), torch.full((2,), 91.0))
+    ps = PrioritySort().sample(2, gen(18))
+    assert torch.allclose(cost_bits(torch.zeros_like(ps.targets), ps.targets, ps.mask), torch.full((2,), 128.0))
+    # one confidently wrong bit (logit -50 on a target 1) costs 50 / ln 2 bits, the rest of a perfect answer ~0
+    logits = (2 * copy.targets - 1) * 50
+    logits[6, 0, 0] = -50.0 * (2 * copy.targets[6, 0, 0] - 1)
+    assert cost_bits(logits, copy.targets, copy.mask)[0].item() == pytest.approx(50 / math.log(2), rel=1e-4)

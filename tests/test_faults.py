@@ -1,0 +1,169 @@
+"""Runs that survive: kills at random moments, disk faults, non-finite steps, changed configs."""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import ntm_experiments.train as train_module
+from conftest import TINY, compose_config, ntm_train_exe, run_cli, scalars
+from ntm_experiments import checkpoint
+from ntm_experiments.config import ConfigError, RunError
+from ntm_experiments.tasks import Batch, make_task
+from ntm_experiments.train import COST_TAG, train
+
+# a checkpoint after every step, so kills often land in the middle of a checkpoint write
+EVERY_STEP = ["task=copy", "model=ntm_ff", "model.controller_size=16", "model.memory_rows=16",
+              "model.memory_width=6", "train.batch_size=8", "train.log_every=8", "train.checkpoint_every=8",
+              "eval.every=1000000", "eval.pictures=false", "progress=false"]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+@pytest.mark.slow
+def test_thirty_kills_at_random_moments_each_resume_and_the_curve_is_unbroken(tmp_path):
+    run = tmp_path / "killed"
+    ckpt = run / "checkpoint.pt"
+    rng = random.Random(0)
+    kills = recovered = 0
+    last_seen = 0
+    while kills < 30:
+        resume = [f"resume={run}"] if ckpt.exists() else []
+        proc = subprocess.Popen([ntm_train_exe(), *EVERY_STEP, "train.total_sequences=1000000",
+                                 f"hydra.run.dir={run}", *resume], env=_env(), cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # wait until this process is training (its checkpoint moves on), then kill it at a random moment
+        start_mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+        deadline = time.monotonic() + 120
+        while (not ckpt.exists() or ckpt.stat().st_mtime_ns == start_mtime) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        saved = checkpoint.load(ckpt)  # loadable after every kill
+        assert saved["sequences_seen"] >= last_seen
+        last_seen = saved["sequences_seen"]
+        acc = EventAccumulator(str(run))
+        acc.Reload()  # the event files stay readable
+        steps = [e.step for e in acc.Scalars(COST_TAG)]
+        assert steps == sorted(set(steps)) and steps[-1] >= last_seen  # no duplicates after the purge
+        recovered += 1
+    assert recovered == 30
+
+    total = last_seen + 32
+    result = run_cli([*EVERY_STEP, f"train.total_sequences={total}", f"hydra.run.dir={run}", f"resume={run}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not list(run.glob(".checkpoint.pt.*.tmp"))  # writes cut short by a kill are cleared away
+    straight = tmp_path / "straight"
+    result = run_cli([*EVERY_STEP, f"train.total_sequences={total}", f"hydra.run.dir={straight}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    killed_curve, straight_curve = scalars(run, COST_TAG), scalars(straight, COST_TAG)
+    assert [s for s, _ in killed_curve] == [s for s, _ in straight_curve] == list(range(8, total + 1, 8))
+    assert [v for _, v in killed_curve] == pytest.approx([v for _, v in straight_curve], rel=1e-6)
+
+
+def _tiny(*extra: str):
+    return compose_config("task=copy", "model=ntm_ff", *TINY, "train.total_sequences=64", *extra)
+
+
+def test_resume_with_another_task_model_or_seed_is_refused(tmp_path):
+    train(_tiny(), tmp_path)
+    for change, key in (("model.controller_size=17", "model"), ("seed=4", "seed"), ("task.max_length=9", "task"),
+                        ("train.batch_size=4", "train.batch_size")):
+        with pytest.raises(ConfigError) as info:
+            train(_tiny(change, "resume=true"), tmp_path)
+        assert key in str(info.value) and "\n" not in str(info.value)
+    # the total may change: the run simply continues
+    assert math.isfinite(train(_tiny("train.total_sequences=96", "resume=true"), tmp_path))
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["sequences_seen"] == 96
+
+
+def test_a_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    train(_tiny(), tmp_path)
+    with pytest.raises(ConfigError, match="resume=true"):
+        train(_tiny(), tmp_path)
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    train(_tiny(), tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(RunError) as info:
+        train(_tiny("train.total_sequences=128", "resume=true"), tmp_path)
+    assert "No space left on device" in str(info.value) and "previous checkpoint is kept" in str(info.value)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before  # "latest" is still the whole old one
+    assert not list(tmp_path.glob(".checkpoint.pt.*"))
+
+
+def test_unwritable_output_folder_gives_one_line(workdir):
+    blocker = workdir / "not_a_folder"
+    blocker.write_text("a file where the run folder should go")
+    result = run_cli(["train.total_sequences=16", f"hydra.run.dir={blocker}/run", "progress=false"], cwd=workdir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntm-train: error: cannot write") and "not_a_folder" in lines[0]
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    """Fault injection: three batches carry a NaN; those steps are skipped, the run goes on."""
+    poisoned = {2, 3, 6}
+
+    class Poisoned:
+        def __init__(self, task):
+            self.task, self.calls = task, 0
+            self.name, self.input_width, self.output_width = task.name, task.input_width, task.output_width
+
+        def sample(self, *args, **kwargs):
+            self.calls += 1
+            batch = self.task.sample(*args, **kwargs)
+            if self.calls in poisoned and not kwargs:
+                batch = Batch(batch.inputs.clone().fill_(math.nan), batch.targets, batch.mask)
+            return batch
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+    monkeypatch.setattr(train_module, "make_task", lambda cfg: Poisoned(make_task(cfg)))
+    cost = train(_tiny("train.max_bad_steps=3"), tmp_path)
+    assert math.isfinite(cost)
+    assert [v for _, v in scalars(tmp_path, "train/skipped_steps")] == [1, 2, 3]
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    assert saved["sequences_seen"] == 64
+
+
+@pytest.mark.slow
+def test_divergence_restores_then_stops_keeping_the_checkpoint(workdir):
+    run = workdir / "run"
+    base = [*EVERY_STEP[:5], "train.batch_size=8", "train.log_every=32", "train.checkpoint_every=32",
+            "eval.sequences=4", "progress=false", f"hydra.run.dir={run}"]
+    assert run_cli([*base, "train.total_sequences=64"], cwd=workdir).returncode == 0
+    good = (run / "checkpoint.pt").read_bytes()
+    result = run_cli([*base, "train.total_sequences=100000", "train.lr=1e38", f"resume={run}"], cwd=workdir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "training diverged" in lines[0] and "checkpoint kept" in lines[0]
+    assert [v for _, v in scalars(run, "train/restores")] == [1, 2, 3]
+    assert (run / "checkpoint.pt").read_bytes() == good
+    assert Path(run / "train.log").read_text().count("restored the checkpoint") == 3
