@@ -58,6 +58,29 @@ def test_ntm_forward_trace_and_state(variant):
         assert (w >= 0).all() and torch.allclose(w.sum(-1), torch.ones_like(w.sum(-1)))
 
 
+def test_stacked_lstm_is_the_table_3_network_step_by_step():
+    """The fused per-layer nn.LSTM equals the paper's network written out one cell at a time: input to
+    every layer, the layer below to each upper layer, one bias per gate, output reading all layers."""
+    torch.manual_seed(4)
+    model = StackedLSTM(5, 4, hidden_size=6, layers=3)
+    with torch.no_grad():
+        model.h0.normal_(), model.c0.normal_()
+    x = torch.randn(7, 3, 5)
+    h = [model.h0[layer].expand(3, -1) for layer in range(3)]
+    c = [model.c0[layer].expand(3, -1) for layer in range(3)]
+    outputs = []
+    for t in range(7):
+        for layer, lstm in enumerate(model.layers):
+            fan_in = x[t] if layer == 0 else torch.cat([x[t], h[layer - 1]], dim=-1)
+            gates = fan_in @ lstm.weight_ih_l0.T + h[layer] @ lstm.weight_hh_l0.T + lstm.bias_ih_l0
+            i, f, g, o = gates.chunk(4, dim=-1)
+            c[layer] = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
+            h[layer] = torch.sigmoid(o) * torch.tanh(c[layer])
+        outputs.append(model.output(torch.cat(h, dim=-1)))
+    assert torch.allclose(model(x), torch.stack(outputs), atol=1e-5)
+    assert all(not lstm.bias_hh_l0.requires_grad and not lstm.bias_hh_l0.any() for lstm in model.layers)
+
+
 @pytest.mark.parametrize("make", [
     lambda: NTM(5, 4, controller="ff", **SMALL),
     lambda: NTM(5, 4, controller="lstm", memory_init="constant", **SMALL),

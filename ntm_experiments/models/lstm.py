@@ -5,6 +5,11 @@ fed by the one below; no peepholes; one bias per gate; a learned initial h and c
 layer; the output layer reads the hidden state of every layer. Per layer l:
 4 (fan_in H + H H + H) + 2H parameters with fan_in = I (l = 1) or I + H (l > 1), plus
 O (L H) + O for the output: exactly Table 3's counts for the paper's task widths.
+
+Each layer runs over the whole sequence at once as one ``nn.LSTM`` (PyTorch's fused
+kernels, forward and backward) fed with [input, hidden states of the layer below]; its
+second bias vector (``bias_hh``) is held at zero and not trained, so every gate has the
+one bias Table 3 counts.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ class StackedLSTM(nn.Module):
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 256, layers: int = 3, **_):
         super().__init__()
         self.H, self.L = hidden_size, layers
-        # the input-to-gates weights of all layers in one matrix (one matmul for the whole sequence)
-        self.from_input = nn.Linear(input_size, layers * 4 * hidden_size)
-        self.recurrent = nn.ModuleList(nn.Linear(hidden_size, 4 * hidden_size, bias=False) for _ in range(layers))
-        self.from_below = nn.ModuleList(nn.Linear(hidden_size, 4 * hidden_size, bias=False) for _ in range(layers - 1))
+        self.layers = nn.ModuleList(
+            nn.LSTM(input_size if layer == 0 else input_size + hidden_size, hidden_size) for layer in range(layers))
+        for lstm in self.layers:  # one bias per gate (Table 3): bias_ih trains, bias_hh stays 0
+            nn.init.zeros_(lstm.bias_hh_l0)
+            lstm.bias_hh_l0.requires_grad_(False)
         self.h0 = nn.Parameter(torch.zeros(layers, hidden_size))  # learned initial state (§4)
         self.c0 = nn.Parameter(torch.zeros(layers, hidden_size))
         self.output = nn.Linear(layers * hidden_size, output_size)
@@ -31,20 +37,10 @@ class StackedLSTM(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """inputs (T, B, I) -> logits (T, B, O)."""
-        T, B, _ = inputs.shape
-        gates_in = self.from_input(inputs).view(T, B, self.L, 4 * self.H)
-        h0, c0 = self.initial_state(B)
-        h, c = list(h0.unbind(0)), list(c0.unbind(0))
-        tops = []
-        for t in range(T):
-            below = None
-            for layer in range(self.L):
-                gates = gates_in[t, :, layer] + self.recurrent[layer](h[layer])
-                if below is not None:
-                    gates = gates + self.from_below[layer - 1](below)
-                i, f, g, o = gates.chunk(4, dim=-1)
-                c[layer] = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
-                h[layer] = torch.sigmoid(o) * torch.tanh(c[layer])
-                below = h[layer]
-            tops.append(torch.cat(h, dim=-1))
-        return self.output(torch.stack(tops))
+        h0, c0 = self.initial_state(inputs.shape[1])
+        hidden, below = [], None
+        for layer, lstm in enumerate(self.layers):
+            x = inputs if below is None else torch.cat([inputs, below], dim=-1)  # (T, B, I [+ H])
+            below, _ = lstm(x, (h0[layer:layer + 1].contiguous(), c0[layer:layer + 1].contiguous()))  # (T, B, H)
+            hidden.append(below)
+        return self.output(torch.cat(hidden, dim=-1))  # reads every layer: (T, B, L H) -> (T, B, O)
