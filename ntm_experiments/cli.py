@@ -111,7 +111,7 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
 
     from . import checkpoint
     from .config import Config, resolve_device, validate
-    from .evaluate import as_dicts, evaluate, example_figure, results_table
+    from .evaluate import as_dicts, capacity_warnings, evaluate, example_figure, results_table
     from .models import make_model
     from .tasks import make_task
 
@@ -134,6 +134,8 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     model.to(device)
 
     seen = saved["sequences_seen"]
+    for warning in capacity_warnings(task, cfg.model.get("memory_rows"), cfg.eval):
+        print(f"ntm-eval: warning: {warning}", file=sys.stderr)
     results = evaluate(model, task, cfg.eval, device)
     print(f"{cfg.model.name} on {cfg.task.name}, after {seen:,} training sequences ({run_dir})")
     print(results_table(results))

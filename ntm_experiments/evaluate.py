@@ -180,6 +180,17 @@ def _ngram_figure(task: NGrams, bits: torch.Tensor, predicted: torch.Tensor, tit
     return fig
 
 
+def capacity_warnings(task: Task, memory_rows: int | None, eval_cfg: Any) -> list[str]:
+    """One line per setting (training, then the suite) whose sequences hold more vectors than
+    the memory has rows: such a setting can still be scored, but never exactly."""
+    if not memory_rows:
+        return []
+    settings = [EvalSetting("training", {})] + task.suite(list(eval_cfg.lengths) if eval_cfg.lengths else None)
+    return [f"{task.name} {s.name}: up to {task.vectors_to_store(**s.setting)} vectors to store in "
+            f"{memory_rows} memory rows; generalisation past {memory_rows} rows cannot be exact"
+            for s in settings if task.vectors_to_store(**s.setting) > memory_rows]
+
+
 def log_evaluation(writer, model: nn.Module, task: Task, eval_cfg: Any, step: int,
                    device: torch.device | str = "cpu") -> list[Result]:
     """Evaluate and write the numbers (and pictures) to TensorBoard at ``step`` sequences."""
@@ -196,4 +207,4 @@ def log_evaluation(writer, model: nn.Module, task: Task, eval_cfg: Any, step: in
     return results
 
 
-__all__ = ["Result", "evaluate", "results_table", "example_figure", "log_evaluation", "as_dicts"]
+__all__ = ["Result", "evaluate", "capacity_warnings", "results_table", "example_figure", "log_evaluation", "as_dicts"]

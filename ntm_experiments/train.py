@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .config import ConfigError, RunError, TrainingDiverged, config_dir, hparams, resolve_device, validate
-from .evaluate import log_evaluation
+from .evaluate import capacity_warnings, log_evaluation
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
 from .tasks import make_task
@@ -83,6 +83,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         seen, last_cost = saved["sequences_seen"], saved["last_cost"]
         log.info("resumed %s at %d sequences", ckpt_path, seen)
 
+    for warning in capacity_warnings(task, cfg.model.get("memory_rows"), cfg.eval):
+        log.warning(warning)
     n_params, paper_params = count_parameters(model), cfg.paper.params
     log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
              cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")

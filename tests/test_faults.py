@@ -167,3 +167,26 @@ def test_divergence_restores_then_stops_keeping_the_checkpoint(workdir):
     assert [v for _, v in scalars(run, "train/restores")] == [1, 2, 3]
     assert (run / "checkpoint.pt").read_bytes() == good
     assert Path(run / "train.log").read_text().count("restored the checkpoint") == 3
+
+
+def test_a_checkpoint_from_another_version_is_refused(workdir):
+    run = workdir / "old"
+    run.mkdir()
+    torch.save({"format_version": 0, "model": {}}, run / "checkpoint.pt")
+    result = run_cli([f"resume={run}", "train.total_sequences=16", "progress=false"], cwd=workdir)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ntm-train: error: ") and "checkpoint format 0, this version reads format 1" in line
+    evaluated = run_cli([str(run)], cwd=workdir, exe=ntm_train_exe().replace("ntm-train", "ntm-eval"))
+    assert evaluated.returncode == 2 and "checkpoint format 0" in evaluated.stderr
+    assert len(evaluated.stderr.strip().splitlines()) == 1
+
+
+def test_lengths_beyond_the_memory_warn_that_generalisation_cannot_be_exact(workdir):
+    result = run_cli(["task=copy", "model=ntm_ff", *TINY, "eval.lengths=[8,40]", "train.total_sequences=16",
+                      "train.log_every=16", "train.checkpoint_every=16", "eval.pictures=false"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stdout.splitlines() if "WARNING" in line]
+    assert any("copy training: up to 20 vectors to store in 16 memory rows" in line for line in warned)
+    assert any("copy length_40: up to 40 vectors" in line and "cannot be exact" in line for line in warned)
+    assert not any("length_8:" in line for line in warned)

@@ -30,6 +30,9 @@ class AssociativeRecall(Task):
         """Fig 11: 6, 10, 15 and 20 items (``lengths`` gives item counts)."""
         return [EvalSetting(f"items_{k}", {"items": k}) for k in (lengths or (6, 10, 15, 20))]
 
+    def vectors_to_store(self, items: int | None = None) -> int:
+        return (items or self.max_items) * self.item_length
+
     def sample(self, batch_size: int, generator: torch.Generator, items: int | None = None) -> Batch:
         m = self.item_length
         counts = (randint(self.min_items, self.max_items, (batch_size,), generator) if items is None

@@ -74,6 +74,12 @@ class Task:
         replaces the default values of the task's main size parameter."""
         raise NotImplementedError
 
+    def vectors_to_store(self, **setting) -> int:
+        """How many input vectors a model must hold at once to answer exactly, at most, for
+        ``setting`` (no keywords: the training distribution). Past a memory's rows, a model can
+        still score, but cannot be exact. 0 for tasks that need no positional storage."""
+        return 0
+
     def cost(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Cost per sequence in bits, (B,)."""
         return cost_bits(logits, batch.targets, batch.mask)

@@ -29,6 +29,9 @@ class Copy(Task):
         """Figs 4-5: sequence lengths 10, 20, 30, 50, 120."""
         return [EvalSetting(f"length_{n}", {"length": n}) for n in (lengths or (10, 20, 30, 50, 120))]
 
+    def vectors_to_store(self, length: int | None = None) -> int:
+        return length or self.max_length
+
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None) -> Batch:
         if length is None:
             lengths = randint(self.min_length, self.max_length, (batch_size,), generator)

@@ -31,6 +31,9 @@ class PrioritySort(Task):
         sizes = [(n, max(1, round(0.8 * n))) for n in lengths] if lengths else [(self.num_inputs, self.num_outputs), (30, 24)]
         return [EvalSetting(f"inputs_{n}_outputs_{k}", {"num_inputs": n, "num_outputs": k}) for n, k in sizes]
 
+    def vectors_to_store(self, num_inputs: int | None = None, num_outputs: int | None = None) -> int:
+        return num_inputs or self.num_inputs
+
     def sample(self, batch_size: int, generator: torch.Generator, num_inputs: int | None = None,
                num_outputs: int | None = None) -> Batch:
         n = num_inputs or self.num_inputs

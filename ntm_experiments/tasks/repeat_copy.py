@@ -38,6 +38,9 @@ class RepeatCopy(Task):
                 EvalSetting("length_10_repeats_20", {"length": 10, "repeats": 20}),
                 EvalSetting("length_20_repeats_10", {"length": 20, "repeats": 10})]
 
+    def vectors_to_store(self, length: int | None = None, repeats: int | None = None) -> int:
+        return length or self.max_length
+
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None,
                repeats: int | None = None) -> Batch:
         lengths = (randint(self.min_length, self.max_length, (batch_size,), generator) if length is None
