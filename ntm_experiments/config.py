@@ -218,6 +218,8 @@ def validate(cfg: DictConfig) -> None:
     for value in cfg.eval.lengths or []:
         if value <= 0:
             raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
+    if cfg.train.max_restores < 0:
+        raise ConfigError(f"train.max_restores={cfg.train.max_restores}: must be >= 0")
     for key in ("train.momentum", "train.decay"):
         value = OmegaConf.select(cfg, key)
         if not 0 <= value < 1:
@@ -249,7 +251,7 @@ def validate(cfg: DictConfig) -> None:
         if model.memory_init == "constant" and model.memory_init_value == 0:
             raise ConfigError("model.memory_init_value=0: must be non-zero (zero memory makes cosine similarity undefined)")
         if not 0 <= model.shift_range < model.memory_rows / 2:
-            raise ConfigError(f"model.shift_range={model.shift_range}: must be in [0, memory_rows/2)")
+            raise ConfigError(f"model.shift_range={model.shift_range}: must be in [0, {model.memory_rows / 2:g}) (less than half of model.memory_rows={model.memory_rows})")
     device = str(cfg.device)
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"device={device}: allowed values are auto, cpu, cuda, cuda:N")

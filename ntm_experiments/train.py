@@ -198,7 +198,14 @@ def main(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.RUN:  # one line and exit 2; in a sweep, Hydra reports it per job
             run_dir = Path(hydra_cfg.runtime.output_dir)
             if not any(run_dir.glob("events.out.tfevents.*")) and not (run_dir / checkpoint.CHECKPOINT_NAME).exists():
-                shutil.rmtree(run_dir, ignore_errors=True)  # leave no empty run folder behind
+                shutil.rmtree(run_dir, ignore_errors=True)  # leave no empty run folder behind,
+                for parent in run_dir.resolve().parents:  # nor the empty outputs/<task>/<model>/ above it
+                    if parent == Path.cwd() or Path.cwd() not in parent.parents:
+                        break
+                    try:
+                        parent.rmdir()  # only succeeds when empty
+                    except OSError:
+                        break
             print(f"ntm-train: error: {error}", file=sys.stderr)
             sys.exit(2)
         raise

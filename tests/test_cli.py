@@ -41,6 +41,7 @@ def test_bad_input_gives_one_clear_line_and_nonzero_exit(workdir, args, names):
         assert name in lines[0]
     assert "Traceback" not in result.stdout + result.stderr
     assert not list(workdir.rglob("checkpoint.pt")) and not list(workdir.rglob("events.out.tfevents.*"))
+    assert not list(workdir.iterdir())  # not even an empty run folder is left behind
 
 
 @pytest.mark.slow

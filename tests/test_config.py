@@ -94,6 +94,8 @@ def test_schema_rejects_unknown_keys_and_wrong_types():
     ("task.min_length=5", None),
     ("train.checkpoint_every=1500", "train.checkpoint_every=1500"),
     ("device=tpu", "device=tpu"),
+    ("train.max_restores=-1", "train.max_restores=-1"),
+    ("model.shift_range=64", "must be in [0, 64)"),
 ])
 def test_validate_names_the_bad_value(override, message):
     extra = {"task.min_length=5": ["task.max_length=4"], "model.memory_init_value=0": ["model.memory_init=constant"]}
