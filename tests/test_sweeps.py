@@ -18,6 +18,9 @@ from ntm_experiments.train import COST_TAG, job_device
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [*TINY, "eval.pictures=false", "eval.every=64", "train.total_sequences=64"]
+# one torch thread per training process: tiny models gain nothing from more, and on a shared,
+# busy machine OpenMP threads waiting on one another make a run many times slower
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 EXPERIMENTS = {"paper_copy": "copy", "paper_repeat_copy": "repeat_copy",
                "paper_associative_recall": "associative_recall", "paper_ngrams": "ngrams",
                "paper_priority_sort": "priority_sort"}
@@ -110,8 +113,9 @@ def test_optuna_search_space():
     assert "hydra.job.num" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]  # repeated points of the space get their own folder
 
 
+@pytest.mark.slow
 def test_bad_objective_is_one_clear_line(workdir):
-    result = run_cli(["objective=lowest", *TINY_RUN], cwd=workdir, timeout=120)
+    result = run_cli(["objective=lowest", *TINY_RUN], cwd=workdir, timeout=120, env=ONE_THREAD)
     assert result.returncode == 2
     assert result.stderr.strip() == ("ntm-train: error: objective=lowest: allowed values are "
                                      "final_train_cost, best_eval_cost")
@@ -125,7 +129,7 @@ def _job_dirs(workdir):
 
 @pytest.mark.slow
 def test_failing_job_is_reported_and_the_other_runs(workdir):
-    result = run_cli(["-m", "task=copy", "model=ntm_ff", "train.lr=1e-4,0", *TINY_RUN], cwd=workdir)
+    result = run_cli(["-m", "task=copy", "model=ntm_ff", "train.lr=1e-4,0", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     sweep, jobs = _job_dirs(workdir)
@@ -143,7 +147,7 @@ def test_failing_job_is_reported_and_the_other_runs(workdir):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_two_jobs(workdir):
     result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "task=copy",
-                      "model=ntm_ff", "seed=1,2", *TINY_RUN], cwd=workdir)
+                      "model=ntm_ff", "seed=1,2", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     sweep, jobs = _job_dirs(workdir)
     assert sorted(next(o for o in d.name.split(",") if o.startswith("seed=")) for d in jobs) == ["seed=1", "seed=2"]
@@ -160,7 +164,7 @@ def test_optuna_search_goes_on_past_a_failed_trial(workdir):
     # a discrete space where lr=0 fails: the seeded sampler draws it first, then a good value
     result = run_cli(["-m", "search=optuna", "hydra.sweeper.n_trials=2", "train.lr=choice(1e-4,0)",
                       "train.batch_size=choice(8)", "model.controller_size=choice(16)", "task=copy",
-                      "model=ntm_ff", "objective=best_eval_cost", *TINY_RUN], cwd=workdir)
+                      "model=ntm_ff", "objective=best_eval_cost", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
     sweep, jobs = _job_dirs(workdir)
     assert [d.name for d in jobs] == ["trial_0", "trial_1"]
     failed = [d for d in jobs if (d / FAILED_NAME).exists()]
@@ -175,7 +179,7 @@ def test_optuna_search_goes_on_past_a_failed_trial(workdir):
 
 @pytest.mark.slow
 def test_reproduce_script_runs_a_paper_experiment_at_the_smoke_budget(workdir):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BUDGET": "smoke", "EXPERIMENTS": "paper_copy",
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1", "BUDGET": "smoke", "EXPERIMENTS": "paper_copy",
            "PATH": f"{Path(ntm_train_exe()).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("HYDRA_FULL_ERROR", None)
     result = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh"), "model=ntm_ff", *TINY],
