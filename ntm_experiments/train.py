@@ -234,7 +234,9 @@ def main(cfg: DictConfig) -> float | None:
         job_num = hydra_cfg.job.get("num")
         cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count())
         if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device)) == "cpu":
-            torch.set_num_threads(cpu_threads_per_job(hydra_cfg.launcher.get("n_jobs")))  # no oversubscription
+            threads = cpu_threads_per_job(hydra_cfg.launcher.get("n_jobs"))  # the jobs share the cores
+            torch.set_num_threads(threads)
+            log.info("joblib job %s on the CPU: %d torch thread(s)", job_num, threads)
         return train(cfg, run_dir)
     except Exception as error:  # noqa: BLE001 - the sweep carries on; the job says why it failed
         line = _failure_line(error)

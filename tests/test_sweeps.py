@@ -128,8 +128,10 @@ def _job_dirs(workdir):
 
 
 @pytest.mark.slow
-def test_failing_job_is_reported_and_the_other_runs(workdir):
-    result = run_cli(["-m", "task=copy", "model=ntm_ff", "train.lr=1e-4,0", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_failing_job_is_reported_and_the_other_runs(workdir, launcher):
+    result = run_cli(["-m", f"hydra/launcher={launcher}", "task=copy", "model=ntm_ff", "train.lr=1e-4,0", *TINY_RUN],
+                     cwd=workdir, env=ONE_THREAD)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     sweep, jobs = _job_dirs(workdir)
@@ -142,6 +144,8 @@ def test_failing_job_is_reported_and_the_other_runs(workdir):
     assert (sweep / SUMMARY_NAME).read_text() == f"{bad.name}: train.lr=0.0: must be > 0\n"
     assert f"1 of 2 jobs of the sweep in outputs/multirun/{sweep.name} failed" in result.stderr
     assert f"  {bad.name}: train.lr=0.0: must be > 0" in result.stderr
+    if launcher == "joblib":  # each parallel CPU job got its share of the cores
+        assert "torch thread(s)" in (good / "train.log").read_text()
 
 
 @pytest.mark.slow
