@@ -1,4 +1,5 @@
-"""Console scripts. Configuration mistakes end in one line on stderr and exit code 2.
+"""Console scripts. Configuration mistakes end in one line on stderr and exit code 2; a sweep
+whose jobs ran but some failed ends with a summary of those and exit code 1.
 
 Hydra normally prints a multi-line report for a bad override; we ask it to raise
 instead (HYDRA_FULL_ERROR) and print one line naming the bad value and what is allowed.
@@ -90,9 +91,20 @@ def run_cli(entry: Callable[[], object], prog: str) -> None:
 
 
 def train() -> None:
+    from .sweep import CURRENT_SWEEP, LAST_SWEEP_FAILURES, report_failures
     from .train import main
 
-    run_cli(main, "ntm-train")
+    try:
+        run_cli(main, "ntm-train")
+    except Exception as error:  # a sweeper that gave up (e.g. Optuna when every trial failed)
+        if not CURRENT_SWEEP or os.environ.get("NTM_FULL_ERROR") == "1":
+            raise
+        report_failures(CURRENT_SWEEP[0])
+        print(f"ntm-train: error: the sweep stopped: {type(error).__name__}: {' '.join(str(error).split())}",
+              file=sys.stderr)
+        sys.exit(1)
+    if LAST_SWEEP_FAILURES:  # a sweep ran, and some of its jobs failed (summary already printed)
+        sys.exit(1)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -8,6 +8,7 @@ YAML; the defaults here are only what the schema falls back to.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -26,6 +27,10 @@ class ConfigError(RunError, ValueError):
 
 class TrainingDiverged(RunError):
     """Training kept producing non-finite values after restoring the last good state."""
+
+
+# what the Hydra task function returns (and sweepers such as Optuna minimise), bits per sequence
+OBJECTIVES = ("final_train_cost", "best_eval_cost")
 
 
 def config_dir() -> str:
@@ -162,6 +167,8 @@ class Config:
     device: str = "auto"
     resume: Any = False
     progress: bool = True
+    budget: str = "custom"                  # which budget (conf/budget/) set the run's length; "custom" if none
+    objective: str = "final_train_cost"     # what main() returns for sweepers to minimise
 
 
 def register_configs() -> None:
@@ -196,6 +203,26 @@ def _resolve_run_dir(resume: Any, fresh: str) -> str:
     return str(path)
 
 
+def paper_seeds(budget: str) -> str:
+    """The seeds a paper experiment sweeps (conf/experiment/): one for the smoke budget, else three."""
+    return "1" if str(budget) == "smoke" else "1,2,3"
+
+
+# conf/hydra/launcher/joblib.yaml stands in for the joblib plugin's config of the same name on
+# purpose (a sensible n_jobs) and is still checked against the plugin's schema: not news to users
+warnings.filterwarnings("ignore", message=r"(?s).*hydra/launcher/joblib' is validated against ConfigStore schema")
+
+
+def _parallel_jobs() -> int:
+    from .sweep import parallel_jobs  # jobs the joblib launcher runs at once (conf/hydra/launcher/joblib.yaml)
+
+    return parallel_jobs()
+
+
+if not OmegaConf.has_resolver("ntm_parallel_jobs"):
+    OmegaConf.register_new_resolver("ntm_parallel_jobs", _parallel_jobs)
+if not OmegaConf.has_resolver("ntm_paper_seeds"):
+    OmegaConf.register_new_resolver("ntm_paper_seeds", paper_seeds)
 if not OmegaConf.has_resolver("ntm_run_dir"):
     OmegaConf.register_new_resolver("ntm_run_dir", _resolve_run_dir)
 register_configs()
@@ -252,6 +279,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("model.memory_init_value=0: must be non-zero (zero memory makes cosine similarity undefined)")
         if not 0 <= model.shift_range < model.memory_rows / 2:
             raise ConfigError(f"model.shift_range={model.shift_range}: must be in [0, {model.memory_rows / 2:g}) (less than half of model.memory_rows={model.memory_rows})")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"objective={cfg.objective}: allowed values are {', '.join(OBJECTIVES)}")
     device = str(cfg.device)
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"device={device}: allowed values are auto, cpu, cuda, cuda:N")

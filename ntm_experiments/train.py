@@ -26,6 +26,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .config import ConfigError, RunError, TrainingDiverged, config_dir, hparams, resolve_device, validate
 from .evaluate import capacity_warnings, log_evaluation
+from .sweep import cpu_threads_per_job, mark_failed
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
 from .tasks import make_task
@@ -47,8 +48,9 @@ def check_resumable(saved: dict, cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Train as ``cfg`` says, writing everything under ``run_dir``; returns the final cost
-    (bits per sequence, averaged over the last logging interval)."""
+    """Train as ``cfg`` says, writing everything under ``run_dir``; returns ``cfg.objective``:
+    the final training cost (bits per sequence, averaged over the last logging interval) or
+    the best evaluation cost (the lowest, over the run's evaluations, of the suite's mean cost)."""
     validate(cfg)
     device = torch.device(resolve_device(str(cfg.device)))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                         momentum=cfg.train.momentum, eps=cfg.train.eps)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    seen, last_cost = 0, math.nan
+    seen, last_cost, best_eval = 0, math.nan, math.inf
     resuming = cfg.resume not in (False, None, "false", "False")
     if resuming or ckpt_path.exists():
         if not resuming:
@@ -81,6 +83,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                      ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
         checkpoint.restore_rng_states(saved["rng"], data_rng)
         seen, last_cost = saved["sequences_seen"], saved["last_cost"]
+        best_eval = saved.get("best_eval_cost", math.inf)
         log.info("resumed %s at %d sequences", ckpt_path, seen)
 
     for warning in capacity_warnings(task, cfg.model.get("memory_rows"), cfg.eval):
@@ -112,7 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         try:
             checkpoint.save(ckpt_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "sequences_seen": seen,
-                "last_cost": last_cost, "config": OmegaConf.to_container(cfg, resolve=True),
+                "last_cost": last_cost, "best_eval_cost": best_eval, "config": OmegaConf.to_container(cfg, resolve=True),
                 "rng": checkpoint.rng_states(data_rng)})
         except OSError as error:
             raise RunError(f"cannot write the checkpoint {ckpt_path}: {error.strerror or error}; "
@@ -172,7 +175,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             cost_sum = grad_norm_sum = 0.0
             steps_in_window = seqs_in_window = 0
         if crossed(cfg.eval.every):  # generalisation suite, on fixed sequences
-            log_evaluation(writer, model, task, cfg.eval, seen, device)
+            results = log_evaluation(writer, model, task, cfg.eval, seen, device)
+            best_eval = min(best_eval, sum(r.cost_bits for r in results) / len(results))
         if crossed(ckpt_every):  # always a logging boundary too (validated)
             if skipped > skipped_at_checkpoint and seen < total:  # unstable since the last one: keep that one
                 log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
@@ -184,19 +188,46 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if not ckpt_path.exists():  # resumed a run that had already finished
         save_checkpoint()
     writer.close()
-    log.info("finished: %d sequences, final cost %.4f bits per sequence", seen, last_cost)
-    return float(last_cost)
+    log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
+             seen, last_cost, best_eval)
+    return float(last_cost if cfg.objective == "final_train_cost" else best_eval)
+
+
+def job_device(device: str, job_num: int | None, cuda_devices: int) -> str:
+    """The device a job uses: with ``device=auto`` and several CUDA devices, job ``n`` of a
+    sweep takes ``cuda:(n mod count)``, so parallel jobs spread over the GPUs; otherwise
+    ``device`` is left as it is (``auto`` then means CUDA when present, else CPU)."""
+    if device != "auto" or job_num is None or cuda_devices < 2:
+        return device
+    return f"cuda:{job_num % cuda_devices}"
+
+
+def _failure_line(error: BaseException) -> str:
+    """One line for a job that failed: our own message, out of memory, or the error's type and text."""
+    if isinstance(error, RunError):
+        return str(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of memory (try a smaller train.batch_size or model, or fewer parallel jobs per GPU)"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Hydra entry point; returns the final cost so sweepers (e.g. Optuna) can minimise it."""
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.objective`` (the final training cost by default) so
+    sweepers (e.g. Optuna) can minimise it.
+
+    A single run that fails prints one line and exits 2. In a sweep, a failing job (a bad
+    value, divergence, out of memory, ...) writes that line to ``<job folder>/FAILED`` and its
+    log and returns None, so the launcher and sweeper carry on; the sweep then ends with a
+    summary of the failed jobs and exit code 1 (ntm_experiments.sweep.FailureReport).
+    """
     hydra_cfg = HydraConfig.get()
-    try:
-        return train(cfg, Path(hydra_cfg.runtime.output_dir))
-    except RunError as error:
-        if hydra_cfg.mode == RunMode.RUN:  # one line and exit 2; in a sweep, Hydra reports it per job
-            run_dir = Path(hydra_cfg.runtime.output_dir)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.RUN:
+        try:
+            return train(cfg, run_dir)
+        except (RunError, torch.OutOfMemoryError) as error:  # one line and exit 2
             if not any(run_dir.glob("events.out.tfevents.*")) and not (run_dir / checkpoint.CHECKPOINT_NAME).exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # leave no empty run folder behind,
                 for parent in run_dir.resolve().parents:  # nor the empty outputs/<task>/<model>/ above it
@@ -206,6 +237,23 @@ def main(cfg: DictConfig) -> float:
                         parent.rmdir()  # only succeeds when empty
                     except OSError:
                         break
-            print(f"ntm-train: error: {error}", file=sys.stderr)
+            print(f"ntm-train: error: {_failure_line(error)}", file=sys.stderr)
             sys.exit(2)
-        raise
+    try:
+        job_num = hydra_cfg.job.get("num")
+        cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count())
+        if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device)) == "cpu":
+            threads = cpu_threads_per_job(hydra_cfg.launcher.get("n_jobs"))  # the jobs share the cores
+            torch.set_num_threads(threads)
+            log.info("joblib job %s on the CPU: %d torch thread(s)", job_num, threads)
+        return train(cfg, run_dir)
+    except Exception as error:  # noqa: BLE001 - the sweep carries on; the job says why it failed
+        line = _failure_line(error)
+        if isinstance(error, RunError):
+            log.error("job failed: %s", line)
+        else:
+            log.exception("job failed: %s", line)  # unexpected: the traceback goes to the job's log
+        mark_failed(run_dir, line)
+        # None, not NaN: every launcher passes it back as it is, and the Optuna sweeper marks the
+        # trial failed and goes on (a NaN makes optuna 2.x's study.tell raise, ending the search)
+        return None

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run every paper experiment (conf/experiment/paper_*.yaml): NTM-FF, NTM-LSTM and LSTM on the
+# five tasks, each a sweep over the three models and the budget's seeds.
+#
+#   scripts/reproduce_paper.sh                     # paper budget (1,000k sequences; repeat copy 500k), 3 seeds
+#   BUDGET=smoke scripts/reproduce_paper.sh        # the whole pipeline in minutes on a CPU (1 seed)
+#   BUDGET=short scripts/reproduce_paper.sh hydra/launcher=joblib     # extra arguments go to every sweep
+#   scripts/reproduce_paper.sh hydra/launcher=slurm                   # on a cluster (edit conf/hydra/launcher/slurm.yaml once)
+#
+# Each experiment's jobs land in outputs/multirun/<date>_<time>/<overrides>, e.g.
+# budget=paper,experiment=paper_copy,model=ntm_lstm,seed=2. A failing job does not stop its sweep;
+# the script goes on with the next experiment and exits non-zero if any sweep had failures.
+set -u
+BUDGET="${BUDGET:-paper}"
+EXPERIMENTS="${EXPERIMENTS:-paper_copy paper_repeat_copy paper_associative_recall paper_ngrams paper_priority_sort}"
+status=0
+for experiment in $EXPERIMENTS; do
+    echo "== ntm-train -m experiment=$experiment budget=$BUDGET $*"
+    ntm-train -m "experiment=$experiment" "budget=$BUDGET" "$@" || status=$?
+done
+exit "$status"

@@ -1,0 +1,198 @@
+"""Sweeps from the shell: launchers, failing jobs, the Optuna search, paper experiments and budgets."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import MODELS, TINY, compose_config, ntm_train_exe, run_cli, run_dirs, scalars
+from ntm_experiments.sweep import FAILED_NAME, SUMMARY_NAME, cpu_threads_per_job, parallel_jobs
+from ntm_experiments.train import COST_TAG, job_device
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RUN = [*TINY, "eval.pictures=false", "eval.every=64", "train.total_sequences=64"]
+# one torch thread per training process: tiny models gain nothing from more, and on a shared,
+# busy machine OpenMP threads waiting on one another make a run many times slower
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+EXPERIMENTS = {"paper_copy": "copy", "paper_repeat_copy": "repeat_copy",
+               "paper_associative_recall": "associative_recall", "paper_ngrams": "ngrams",
+               "paper_priority_sort": "priority_sort"}
+
+
+# ---------------------------------------------------------------- pure functions
+def test_jobs_spread_over_gpus_by_job_number():
+    assert [job_device("auto", n, 4) for n in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert job_device("auto", 5, 1) == "auto"      # one GPU (or none): auto picks it, or the CPU
+    assert job_device("auto", 5, 0) == "auto"
+    assert job_device("auto", None, 4) == "auto"   # a single run is not a sweep job
+    assert job_device("cpu", 3, 4) == "cpu"        # an explicit device is kept
+    assert job_device("cuda:1", 2, 4) == "cuda:1"
+
+
+def test_parallel_jobs_one_per_gpu_else_one_per_core_with_one_thread_each():
+    assert parallel_jobs(cuda_devices=4, cpus=16) == 4
+    assert parallel_jobs(cuda_devices=0, cpus=16) == 16
+    assert parallel_jobs(cuda_devices=0, cpus=0) == 1
+    assert cpu_threads_per_job(16, cpus=16) == 1
+    assert cpu_threads_per_job(4, cpus=16) == 4
+    assert cpu_threads_per_job(-1, cpus=8) == 1     # joblib's "all cores"
+    assert cpu_threads_per_job(32, cpus=8) == 1
+
+
+# ---------------------------------------------------------------- configs
+def test_runs_without_a_budget_are_custom():
+    cfg = compose_config()
+    assert cfg.budget == "custom"
+    assert cfg.objective == "final_train_cost"
+
+
+@pytest.mark.parametrize("budget, total, log_every, every", [
+    ("smoke", 320, 32, 160), ("short", 20000, 200, 2000), ("paper", 1_000_000, 1000, 10000)])
+def test_budgets_set_the_length_and_scale_logging_evaluation_and_checkpoints(budget, total, log_every, every):
+    cfg = compose_config(f"budget={budget}", "task=copy", "model=ntm_ff")
+    assert cfg.budget == budget
+    assert cfg.train.total_sequences == total
+    assert cfg.train.log_every == log_every
+    assert cfg.eval.every == every == cfg.train.checkpoint_every
+    assert total // log_every >= 10   # at least ten points on every curve
+
+
+def test_paper_budget_keeps_repeat_copys_500k():
+    assert compose_config("budget=paper", "task=repeat_copy", "model=lstm").train.total_sequences == 500_000
+
+
+@pytest.mark.parametrize("experiment, task", EXPERIMENTS.items())
+def test_paper_experiments_sweep_the_three_models_and_three_seeds_at_the_papers_budget(experiment, task):
+    cfg = compose_config(f"experiment={experiment}", return_hydra_config=True)
+    assert cfg.task.name == task
+    assert cfg.budget == "paper"
+    assert cfg.train.total_sequences == (500_000 if task == "repeat_copy" else 1_000_000)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    params = cfg.hydra.sweeper.params
+    assert params.model.split(",") == MODELS
+    assert params.seed == "1,2,3"
+    # each job gets its model's row of the paper's tables
+    for model in MODELS:
+        job = compose_config(f"experiment={experiment}", f"model={model}")
+        assert job.paper.table and job.paper.params, (experiment, model)
+        assert job.model.name == model
+
+
+def test_smoke_budget_runs_a_paper_experiment_with_one_seed():
+    cfg = compose_config("experiment=paper_ngrams", "budget=smoke", return_hydra_config=True)
+    assert cfg.budget == "smoke"
+    assert cfg.train.total_sequences == 320
+    assert cfg.hydra.sweeper.params.seed == "1"
+
+
+def test_launcher_presets_compose():
+    slurm = compose_config("hydra/launcher=slurm", return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher")
+    assert slurm.gpus_per_node == 1 and slurm.array_parallelism > 0 and "partition" in slurm
+    assert slurm.timeout_min > 0
+    joblib = compose_config("hydra/launcher=joblib", return_hydra_config=True).hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher")
+    assert joblib.n_jobs == parallel_jobs() >= 1
+    local = compose_config("hydra/launcher=submitit_local", return_hydra_config=True).hydra.launcher
+    assert local._target_.endswith("LocalLauncher")
+
+
+def test_optuna_search_space():
+    cfg = compose_config("search=optuna", "task=copy", "model=ntm_lstm", return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "minimize"
+    assert set(sweeper.params) == {"train.lr", "model.controller_size", "train.batch_size"}
+    assert "hydra.job.num" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]  # repeated points of the space get their own folder
+
+
+@pytest.mark.slow
+def test_bad_objective_is_one_clear_line(workdir):
+    result = run_cli(["objective=lowest", *TINY_RUN], cwd=workdir, timeout=120, env=ONE_THREAD)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("ntm-train: error: objective=lowest: allowed values are "
+                                     "final_train_cost, best_eval_cost")
+
+
+# ---------------------------------------------------------------- real sweeps from the shell
+def _job_dirs(workdir):
+    (sweep,) = (workdir / "outputs" / "multirun").iterdir()
+    return sweep, sorted(p.parent for p in sweep.rglob(".hydra"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_failing_job_is_reported_and_the_other_runs(workdir, launcher):
+    result = run_cli(["-m", f"hydra/launcher={launcher}", "task=copy", "model=ntm_ff", "train.lr=1e-4,0", *TINY_RUN],
+                     cwd=workdir, env=ONE_THREAD)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    sweep, jobs = _job_dirs(workdir)
+    assert len(jobs) == 2
+    good, bad = sorted(jobs, key=lambda d: "train.lr=0," in d.name)
+    assert [s for s, _ in scalars(good, COST_TAG)] == [32, 64]
+    assert (good / "checkpoint.pt").is_file() and not (good / FAILED_NAME).exists()
+    assert (bad / FAILED_NAME).read_text() == "train.lr=0.0: must be > 0\n"
+    assert "job failed: train.lr=0.0: must be > 0" in (bad / "train.log").read_text()
+    assert (sweep / SUMMARY_NAME).read_text() == f"{bad.name}: train.lr=0.0: must be > 0\n"
+    assert f"1 of 2 jobs of the sweep in outputs/multirun/{sweep.name} failed" in result.stderr
+    assert f"  {bad.name}: train.lr=0.0: must be > 0" in result.stderr
+    if launcher == "joblib":  # each parallel CPU job got its share of the cores
+        assert "torch thread(s)" in (good / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_two_jobs(workdir):
+    result = run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "task=copy",
+                      "model=ntm_ff", "seed=1,2", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    sweep, jobs = _job_dirs(workdir)
+    assert sorted(next(o for o in d.name.split(",") if o.startswith("seed=")) for d in jobs) == ["seed=1", "seed=2"]
+    assert run_dirs(sweep) == jobs
+    for job in jobs:
+        cost = scalars(job, COST_TAG)
+        assert [s for s, _ in cost] == [32, 64] and all(math.isfinite(v) for _, v in cost)
+    assert scalars(jobs[0], COST_TAG) != scalars(jobs[1], COST_TAG)  # different seeds, different runs
+    assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+
+
+@pytest.mark.slow
+def test_optuna_search_goes_on_past_a_failed_trial(workdir):
+    # a discrete space where lr=0 fails: the seeded sampler draws it first, then a good value
+    result = run_cli(["-m", "search=optuna", "hydra.sweeper.n_trials=2", "train.lr=choice(1e-4,0)",
+                      "train.batch_size=choice(8)", "model.controller_size=choice(16)", "task=copy",
+                      "model=ntm_ff", "objective=best_eval_cost", *TINY_RUN], cwd=workdir, env=ONE_THREAD)
+    sweep, jobs = _job_dirs(workdir)
+    assert [d.name for d in jobs] == ["trial_0", "trial_1"]
+    failed = [d for d in jobs if (d / FAILED_NAME).exists()]
+    assert len(failed) == 1, result.stderr
+    assert result.returncode == 1 and "1 of 2 jobs" in result.stderr
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_params"]["train.lr"] == pytest.approx(1e-4)
+    (good,) = set(jobs) - set(failed)
+    saved = torch.load(good / "checkpoint.pt", weights_only=False)
+    assert best["best_value"] == pytest.approx(saved["best_eval_cost"])  # what main() returned
+
+
+@pytest.mark.slow
+def test_reproduce_script_runs_a_paper_experiment_at_the_smoke_budget(workdir):
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1", "BUDGET": "smoke", "EXPERIMENTS": "paper_copy",
+           "PATH": f"{Path(ntm_train_exe()).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_paper.sh"), "model=ntm_ff", *TINY],
+                            cwd=workdir, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "== ntm-train -m experiment=paper_copy budget=smoke model=ntm_ff" in result.stdout
+    sweep, (job,) = _job_dirs(workdir)
+    assert set(job.name.split(",")) == {"budget=smoke", "experiment=paper_copy", "model=ntm_ff", "seed=1",
+                                        *(a for a in TINY if not a.startswith("progress"))}
+    composed = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+    assert composed["budget"] == "smoke" and composed["task"]["name"] == "copy" and composed["seed"] == 1
+    assert [s for s, _ in scalars(job, COST_TAG)][-1] == 320
