@@ -114,7 +114,11 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def load_run(run_dir: Path) -> Run:
-    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    try:
+        config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    except Exception as error:  # YAML and OmegaConf raise many types for a damaged file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{run_dir / '.hydra' / 'config.yaml'}: not a readable config ({first})") from None
     if not isinstance(config, DictConfig) or "task" not in config or "model" not in config:
         raise ConfigError(f"{run_dir / '.hydra' / 'config.yaml'}: not an ntm-train config (no task/model)")
     return Run(run_dir, config, read_scalars(run_dir))

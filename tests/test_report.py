@@ -202,3 +202,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words, prog):
     for word in words:
         assert word in lines[0]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_damaged_run_config_is_one_line(tmp_path):
+    run = tmp_path / "sweep" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task: [unclosed\n")
+    (run / "events.out.tfevents.0.host").write_bytes(b"")
+    result = run_cli([str(tmp_path / "sweep")], cwd=tmp_path, exe=exe("ntm-aggregate"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.yaml: not a readable config" in lines[0], result.stderr
