@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
+from .config import RunError
 from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, write_atomic
 
 PAPER_MODELS = {"NTM-FF": "ntm_ff", "NTM-LSTM": "ntm_lstm", "LSTM": "lstm"}
@@ -98,7 +99,7 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), constrained_layout=True)
     ours = [s for s in summaries if s.task == figure.task]
     for paper_name, model in PAPER_MODELS.items():
         points = paper.get((figure.key, paper_name))
@@ -124,7 +125,7 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
     ax.set_ylim(ylo, yhi)
     label_axes(ax)
     ax.set_title(f"Fig {figure.number}: {figure.title}", fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a curve
     return fig
 
 
@@ -135,7 +136,7 @@ def fig11_figure(summaries: list[Summary], paper: dict):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.5, 4), constrained_layout=True)
     for paper_name, model in PAPER_MODELS.items():
         points = paper.get(("fig11_assoc_gen", paper_name))
         if points:
@@ -159,7 +160,7 @@ def fig11_figure(summaries: list[Summary], paper: dict):
     ax.set_xticks(FIG11_ITEMS)
     ax.set_ylim(bottom=0)
     ax.set_title("Fig 11: associative recall generalisation", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
@@ -179,7 +180,9 @@ def example_pictures(summary: Summary, out: Path) -> list[Path]:
         return []
     run = min(with_checkpoint, key=lambda r: r.curve[-1][1])
     saved = checkpoint.load(run.checkpoint())
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), saved["config"])
+    # only what the pictures need: keys added to the config later do not stop an older schema
+    cfg = OmegaConf.merge(OmegaConf.structured(Config),
+                          {key: saved["config"][key] for key in ("task", "model", "eval") if key in saved["config"]})
     task = make_task(cfg.task)
     model = make_model(cfg.model, task.input_width, task.output_width)
     model.load_state_dict(saved["model"])
@@ -187,8 +190,9 @@ def example_pictures(summary: Summary, out: Path) -> list[Path]:
     paths = []
     for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
         fig = example_figure(model, task, setting, int(cfg.eval.seed), "cpu")
-        fig.suptitle(f"{fig._suptitle.get_text()}\n{summary.model}, seed {run.seed}, after {k(saved['sequences_seen'])} "
-                     "sequences", fontsize=8)
+        caption = fig._suptitle.get_text() + "\n" if fig._suptitle is not None else ""  # keep example_figure's
+        fig.suptitle(f"{caption}{summary.model}, seed {run.seed}, after {k(saved['sequences_seen'])} sequences",
+                     fontsize=8)
         width = fig.get_figwidth()
         path = out / f"fig{number:02d}_{summary.task}_{summary.model}_{setting.name}.png"
         save_figure(fig, path, dpi=min(100, int(1600 / width)))  # wide pictures at lower dpi: small files
@@ -324,16 +328,18 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
     md.append("")
 
     md += ["## Figs 4, 5, 8: example outputs", ""]
-    any_example = False
     for task, number in (("copy", "4 (NTM) and 5 (LSTM)"), ("repeat_copy", "8")):
         groups = [s for s in summaries if s.task == task]
         if not groups:
             md += [f"- Fig {number}, {task}: missing (no runs)"]
             continue
         for s in groups:
-            paths = example_pictures(s, out)
+            try:
+                paths = example_pictures(s, out)
+            except RunError as error:  # e.g. an unreadable checkpoint: the rest of the report still stands
+                md += [f"- {task}, {s.model}: missing ({error})"]
+                continue
             written += paths
-            any_example = any_example or bool(paths)
             md += [f"- {task}, {s.model}: " + (", ".join(f"[{p.stem.split(s.model + '_', 1)[1]}]({p.name})"
                                                         for p in paths) or "missing (no checkpoint)")]
     md.append("")
@@ -344,7 +350,7 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
                        _count(s.last_scalar_median("model/parameters_paper")
                               or median(r.config.get("paper", {}).get("params") for r in s.runs))]
                       for s in summaries]))
-    md += ["", f"Aggregate tables of the same runs: [aggregate/summary.csv](aggregate/summary.csv), "
+    md += ["", "Aggregate tables of the same runs: [aggregate/summary.csv](aggregate/summary.csv), "
            "[aggregate/seeds.csv](aggregate/seeds.csv), [aggregate/curves.csv](aggregate/curves.csv).", ""]
     write_atomic(out / "REPORT.md", "\n".join(md))
     written.append(out / "REPORT.md")
