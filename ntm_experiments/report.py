@@ -27,7 +27,7 @@ from pathlib import Path
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
 from .config import RunError
-from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, write_atomic
+from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
 
 PAPER_MODELS = {"NTM-FF": "ntm_ff", "NTM-LSTM": "ntm_lstm", "LSTM": "lstm"}
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
@@ -209,19 +209,20 @@ def landmark_line(summary: Summary, landmark: tuple) -> str:
     if kind == "below":
         threshold, paper_k = a, b
         below = next((x for x, m in zip(band.x, band.median) if m < threshold), None)
-        seeds = sum(1 for r in summary.runs if any(v < threshold for _, v in r.curve))
-        per_seed = f"{seeds}/{len(summary.runs)} seeds"
+        firsts = [sequences_to_threshold(r.curve, threshold) for r in summary.runs]
+        per_seed = "per seed, first below it at " + ", ".join(
+            f"{'never' if s is None else k(s)} (seed {r.seed})" for r, s in zip(summary.runs, firsts))
         if below is not None:
             ratio = below / (paper_k * 1000)
             verdict = ("agrees" if 1 / REACH_FACTOR <= ratio <= REACH_FACTOR else
                        "disagrees: slower" if ratio > 1 else "disagrees: faster")
             return (f"{name}: below {threshold:g} bits at {k(below)} sequences (paper: {paper_k:g}k); {verdict} "
-                    f"({per_seed} got there)")
+                    f"({per_seed})")
         if reached < paper_k * 1000:
             return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
-                    f"inconclusive: the runs stop before the paper's landmark ({per_seed} got there)")
+                    f"inconclusive: the runs stop before the paper's landmark ({per_seed})")
         return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
-                f"disagrees: slower ({per_seed} got there)")
+                f"disagrees: slower ({per_seed})")
     if kind == "at":
         at_k, paper_cost = a, b
         ours = band.at(at_k * 1000)
