@@ -94,7 +94,7 @@ def k(sequences: float) -> str:
 # ---------------------------------------------------------------- figures
 def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict, optimum: float | None = None):
     """Our bands over the paper's curves, x in thousands of sequences, on the paper's axes
-    (widened only where our data lies outside them)."""
+    (widened only to show our runs' last points, or runs longer than the paper's)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,8 +114,9 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
     for s in ours:
         if len(s.band.x):
             xmax = max(xmax, float(s.band.x[-1]) / 1000)
-            yhi = max(yhi, float(max(s.band.q75)) * 1.05)
-            ylo = min(ylo, float(min(s.band.q25)) - 1) if figure.ylim[0] > 0 else ylo
+            # the paper's y axis cuts off early costs too; widen it only so our last point shows
+            yhi = max(yhi, float(s.band.median[-1]) * 1.05)
+            ylo = min(ylo, float(s.band.median[-1]) - 1) if figure.ylim[0] > 0 else ylo
     if figure.task == "ngrams":
         ax.axhline(PAPER_NGRAM_OPTIMUM, color="black", ls="--", lw=1, label=f"optimal (paper: {PAPER_NGRAM_OPTIMUM})")
         if optimum is not None:
