@@ -175,3 +175,15 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
 
 def evaluate() -> None:
     run_cli(lambda: evaluate_checkpoint(sys.argv[1:]), "ntm-eval")
+
+
+def aggregate() -> None:
+    from .aggregate import main
+
+    run_cli(lambda: main(sys.argv[1:]), "ntm-aggregate")
+
+
+def report() -> None:
+    from .report import main
+
+    run_cli(lambda: main(sys.argv[1:]), "ntm-report")

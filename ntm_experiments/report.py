@@ -1,0 +1,373 @@
+"""ntm-report: our runs beside the paper's figures and tables, as PNGs and a Markdown summary.
+
+``ntm-report <run or sweep folder>... [--out outputs/report]`` writes into ``--out``:
+
+- ``fig03_copy.png``, ``fig07_repeat_copy.png``, ``fig10_associative_recall.png``,
+  ``fig13_ngrams.png``, ``fig18_priority_sort.png``: our median curve and quartile band across
+  seeds over the paper's curve, on the paper's axes (the N-gram figure with both optima);
+- ``fig11_associative_recall_generalisation.png``: cost at 6/10/15/20 items, ours and the paper's;
+- ``fig04_*``, ``fig05_*``, ``fig08_*``: example pictures (copy with an NTM / the LSTM, repeat copy)
+  from one run per task x model (the seed with the lowest final training cost);
+- ``aggregate/``: what ``ntm-aggregate`` writes for the same runs;
+- ``REPORT.md``: per figure, agreement or disagreement with the paper's landmarks in numbers,
+  the budget, seeds and sequences of the runs, the Fig 11 table and the parameter counts.
+
+A figure whose runs are missing is listed as missing. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
+                        plot_band, positive_float, summarise, write_aggregate)
+from .config import RunError
+from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
+
+PAPER_MODELS = {"NTM-FF": "ntm_ff", "NTM-LSTM": "ntm_lstm", "LSTM": "lstm"}
+PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
+# Fig 11: bits per sequence at 6 / 10 / 15 / 20 items (SPEC.md, Landmarks)
+PAPER_FIG11 = {"lstm": (2.27, 36.6, 39.9, 38.1), "ntm_lstm": (0.08, 1.80, 4.74, 6.99), "ntm_ff": (0.02, 0.14, 1.47, 8.00)}
+FIG11_ITEMS = (6, 10, 15, 20)
+# Choice: how close counts as agreement. Sequences to a cost: within a factor of 1.5 of the
+# paper's; a cost at a given point: within 25 % of the paper's or 0.1 bits, whichever is larger.
+REACH_FACTOR = 1.5
+COST_TOLERANCE, COST_FLOOR = 0.25, 0.1
+
+
+@dataclass(frozen=True)
+class Figure:
+    number: int
+    key: str      # the figure's name in figure_curves.csv
+    task: str
+    title: str
+    xmax: float   # the paper's x axis, thousands of sequences
+    ylim: tuple[float, float]  # the paper's y axis, bits per sequence
+
+
+FIGURES = [
+    Figure(3, "fig3_copy", "copy", "Copy learning curves", 1000, (0, 10)),
+    Figure(7, "fig7_repeatcopy", "repeat_copy", "Repeat copy learning curves", 500, (0, 200)),
+    Figure(10, "fig10_assoc", "associative_recall", "Associative recall learning curves", 1000, (0, 20)),
+    Figure(13, "fig13_ngram", "ngrams", "Dynamic N-grams learning curves", 1000, (130, 160)),
+    Figure(18, "fig18_sort", "priority_sort", "Priority sort learning curves", 1000, (0, 140)),
+]
+
+# The paper's landmarks (SPEC.md): ("below", bits, k sequences): first below that cost at k;
+# ("at", k sequences, bits): the cost at that point; ("mean", (k_lo, k_hi), bits): its mean over a range.
+LANDMARKS = {
+    "copy": {"ntm_lstm": [("below", 0.1, 25)], "ntm_ff": [("at", 45, 0.5), ("below", 0.1, 55)],
+             "lstm": [("at", 200, 1.9), ("at", 300, 1.06), ("at", 1000, 0.5)]},
+    "repeat_copy": {"ntm_lstm": [("below", 15, 25), ("below", 1, 245)], "ntm_ff": [("at", 200, 1.0)],
+                    "lstm": [("below", 0.1, 285)]},
+    "associative_recall": {"ntm_ff": [("at", 45, 0.22)], "ntm_lstm": [("at", 95, 0.87), ("at", 205, 0.25)],
+                           "lstm": [("at", 505, 1.95), ("at", 1000, 0.74)]},
+    "ngrams": {"ntm_ff": [("mean", (900, 1000), 133.35)], "ntm_lstm": [("mean", (900, 1000), 133.5)],
+               "lstm": [("mean", (900, 1000), 135.7)]},
+    "priority_sort": {"lstm": [("at", 1000, 56)], "ntm_ff": [("at", 1000, 20)], "ntm_lstm": [("at", 1000, 18)]},
+}
+EXAMPLE_FIGURES = {("copy", "ntm_ff"): 4, ("copy", "ntm_lstm"): 4, ("copy", "lstm"): 5, ("repeat_copy", "ntm_ff"): 8,
+                   ("repeat_copy", "ntm_lstm"): 8, ("repeat_copy", "lstm"): 8}
+
+
+# ---------------------------------------------------------------- the paper's data
+def load_paper_curves() -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """The points read off the paper's figures, by (figure, paper model name), sorted by x.
+    x is in thousands of sequences (fig11_assoc_gen: number of items); cost in bits per sequence."""
+    text = resources.files("ntm_experiments.data").joinpath("figure_curves.csv").read_text()
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        curves.setdefault((row["figure"], row["model"]), []).append((float(row["x"]), float(row["cost_bits"])))
+    return {key: sorted(points) for key, points in curves.items()}
+
+
+def k(sequences: float) -> str:
+    """Sequences as the paper writes them: thousands with a k."""
+    return f"{sequences / 1000:.3g}k" if sequences < 100_000 else f"{sequences / 1000:.0f}k"
+
+
+# ---------------------------------------------------------------- figures
+def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict, optimum: float | None = None):
+    """Our bands over the paper's curves, x in thousands of sequences, on the paper's axes
+    (widened only to show our runs' last points, or runs longer than the paper's)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), constrained_layout=True)
+    ours = [s for s in summaries if s.task == figure.task]
+    for paper_name, model in PAPER_MODELS.items():
+        points = paper.get((figure.key, paper_name))
+        if points:
+            ax.plot([x for x, _ in points], [c for _, c in points], color=MODEL_COLOURS[model], lw=1.2, ls="--",
+                    alpha=0.8, label=f"{paper_name} (paper)")
+    for s in ours:
+        plot_band(ax, s, f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds, "
+                         f"to {k(max(r.sequences for r in s.runs))})")
+    ylo, yhi = figure.ylim
+    xmax = figure.xmax
+    for s in ours:
+        if len(s.band.x):
+            xmax = max(xmax, float(s.band.x[-1]) / 1000)
+            # the paper's y axis cuts off early costs too; widen it only so our last point shows
+            yhi = max(yhi, float(s.band.median[-1]) * 1.05)
+            ylo = min(ylo, float(s.band.median[-1]) - 1) if figure.ylim[0] > 0 else ylo
+    if figure.task == "ngrams":
+        ax.axhline(PAPER_NGRAM_OPTIMUM, color="black", ls="--", lw=1, label=f"optimal (paper: {PAPER_NGRAM_OPTIMUM})")
+        if optimum is not None:
+            ax.axhline(optimum, color="black", ls=":", lw=1, label=f"optimal (ours: {optimum:.1f})")
+            ylo = min(ylo, optimum - 1)
+    ax.set_xlim(0, xmax)
+    ax.set_ylim(ylo, yhi)
+    label_axes(ax)
+    ax.set_title(f"Fig {figure.number}: {figure.title}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a curve
+    return fig
+
+
+def fig11_figure(summaries: list[Summary], paper: dict):
+    """Fig 11: cost per sequence against the number of items, paper (dashed) and ours (median, quartiles)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7.5, 4), constrained_layout=True)
+    for paper_name, model in PAPER_MODELS.items():
+        points = paper.get(("fig11_assoc_gen", paper_name))
+        if points:
+            ax.plot([x for x, _ in points], [c for _, c in points], "o--", color=MODEL_COLOURS[model], ms=3,
+                    label=f"{paper_name} (paper)")
+    for s in summaries:
+        if s.task != "associative_recall":
+            continue
+        gen = s.generalisation()
+        items = [n for n in FIG11_ITEMS if gen.get(f"items_{n}")]
+        if not items:
+            continue
+        values = [np.array(gen[f"items_{n}"]) for n in items]
+        med = [float(np.median(v)) for v in values]
+        lo = [m - float(np.percentile(v, 25)) for m, v in zip(med, values)]
+        hi = [float(np.percentile(v, 75)) - m for m, v in zip(med, values)]
+        ax.errorbar(items, med, yerr=[lo, hi], fmt="s-", color=MODEL_COLOURS.get(s.model), ms=4, capsize=3,
+                    label=f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds)")
+    ax.set_xlabel("number of items")
+    ax.set_ylabel("cost per sequence (bits)")
+    ax.set_xticks(FIG11_ITEMS)
+    ax.set_ylim(bottom=0)
+    ax.set_title("Fig 11: associative recall generalisation", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def example_pictures(summary: Summary, out: Path) -> list[Path]:
+    """Figs 4, 5, 8: ``evaluate.example_figure`` for every generalisation setting, from the
+    checkpoint of the seed with the lowest final training cost."""
+    from omegaconf import OmegaConf
+
+    from . import checkpoint
+    from .config import Config
+    from .evaluate import example_figure
+    from .models import make_model
+    from .tasks import make_task
+
+    with_checkpoint = [r for r in summary.runs if r.checkpoint() and r.curve]
+    if not with_checkpoint:
+        return []
+    run = min(with_checkpoint, key=lambda r: r.curve[-1][1])
+    saved = checkpoint.load(run.checkpoint())
+    # only what the pictures need: keys added to the config later do not stop an older schema
+    cfg = OmegaConf.merge(OmegaConf.structured(Config),
+                          {key: saved["config"][key] for key in ("task", "model", "eval") if key in saved["config"]})
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    model.load_state_dict(saved["model"])
+    number = EXAMPLE_FIGURES[(summary.task, summary.model)]
+    paths = []
+    for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
+        fig = example_figure(model, task, setting, int(cfg.eval.seed), "cpu")
+        caption = fig._suptitle.get_text() + "\n" if fig._suptitle is not None else ""  # keep example_figure's
+        fig.suptitle(f"{caption}{summary.model}, seed {run.seed}, after {k(saved['sequences_seen'])} sequences",
+                     fontsize=8)
+        width = fig.get_figwidth()
+        path = out / f"fig{number:02d}_{summary.task}_{summary.model}_{setting.name}.png"
+        save_figure(fig, path, dpi=min(100, int(1600 / width)))  # wide pictures at lower dpi: small files
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------- landmarks
+def landmark_line(summary: Summary, landmark: tuple) -> str:
+    """One sentence comparing our median curve with one of the paper's landmarks, in numbers."""
+    kind, a, b = landmark
+    name = f"{summary.task}, {MODEL_LABELS.get(summary.model, summary.model)}"
+    band, reached = summary.band, max(r.sequences for r in summary.runs)
+    if kind == "below":
+        threshold, paper_k = a, b
+        below = next((x for x, m in zip(band.x, band.median) if m < threshold), None)
+        firsts = [sequences_to_threshold(r.curve, threshold) for r in summary.runs]
+        per_seed = "per seed, first below it at " + ", ".join(
+            f"{'never' if s is None else k(s)} (seed {r.seed})" for r, s in zip(summary.runs, firsts))
+        if below is not None:
+            ratio = below / (paper_k * 1000)
+            verdict = ("agrees" if 1 / REACH_FACTOR <= ratio <= REACH_FACTOR else
+                       "disagrees: slower" if ratio > 1 else "disagrees: faster")
+            return (f"{name}: below {threshold:g} bits at {k(below)} sequences (paper: {paper_k:g}k); {verdict} "
+                    f"({per_seed})")
+        if reached < paper_k * 1000:
+            return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
+                    f"inconclusive: the runs stop before the paper's landmark ({per_seed})")
+        return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
+                f"disagrees: slower ({per_seed})")
+    if kind == "at":
+        at_k, paper_cost = a, b
+        ours = band.at(at_k * 1000)
+        where = f"at {at_k:g}k sequences"
+    else:
+        (lo, hi), paper_cost = a, b
+        ours = band.mean_over(lo * 1000, hi * 1000)
+        where = f"mean over {lo:g}k-{hi:g}k sequences"
+        at_k = lo
+    if ours is None:
+        return (f"{name}: {where} the paper has {paper_cost:g} bits; inconclusive: our runs stop at {k(reached)} "
+                "sequences")
+    close = abs(ours - paper_cost) <= max(COST_TOLERANCE * paper_cost, COST_FLOOR)
+    verdict = "agrees" if close else ("disagrees: higher" if ours > paper_cost else "disagrees: lower")
+    return f"{name}: {ours:.3g} bits {where} (paper: {paper_cost:g}); {verdict}"
+
+
+# ---------------------------------------------------------------- the Markdown summary
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _count(value: float | None) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
+def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: float = DEFAULT_THRESHOLD) -> list[Path]:
+    """Write every figure, the aggregate tables and REPORT.md into ``out``; return the paths written."""
+    summaries = summarise(runs, threshold)
+    paper = load_paper_curves()
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_aggregate(summaries, out / "aggregate")
+    by_task = {s.task for s in summaries}
+    md = ["# Reproduction report: Neural Turing Machines (Graves et al. 2014)", "",
+          "Built by `ntm-report " + " ".join(str(p) for p in sources) + "`. Paper values: "
+          "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and SPEC.md's landmarks. "
+          f"Agreement: sequences to a cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within "
+          f"{COST_TOLERANCE:.0%} of the paper's or {COST_FLOOR:g} bits. Our curves: median across seeds "
+          "(solid) with the quartile band; the paper's: dashed.", "", "## Runs", ""]
+    md.append(_table(["task", "model", "budget", "seeds", "sequences reached", f"seeds below {threshold:g} bits"],
+                     [[s.task, s.model, ", ".join(s.budgets), f"{len(s.runs)} ({', '.join(map(str, s.seeds))})",
+                       ", ".join(sorted({k(r.sequences) for r in s.runs})),
+                       f"{sum(t is not None for t in s.to_threshold)}/{len(s.runs)}"] for s in summaries]))
+    md.append("")
+
+    for figure in FIGURES:
+        md += [f"## Fig {figure.number}: {figure.title.lower()} ({figure.task})", ""]
+        if figure.task not in by_task:
+            md += [f"Missing: no runs of task `{figure.task}` in the given folders.", ""]
+            continue
+        optimum = None
+        if figure.task == "ngrams":
+            optimum = median(r.last(f"eval/validation{OPTIMAL_SUFFIX}") for s in summaries if s.task == "ngrams"
+                             for r in s.runs)
+        path = out / f"fig{figure.number:02d}_{figure.task}.png"
+        save_figure(learning_curve_figure(figure, summaries, paper, optimum), path)
+        written.append(path)
+        md += [f"![Fig {figure.number}]({path.name})", ""]
+        for model in ("ntm_ff", "ntm_lstm", "lstm"):
+            summary = next((s for s in summaries if s.task == figure.task and s.model == model), None)
+            label = MODEL_LABELS[model]
+            if summary is None:
+                md.append(f"- {figure.task}, {label}: missing (no runs)")
+                continue
+            md += [f"- {landmark_line(summary, lm)}" for lm in LANDMARKS[figure.task].get(model, [])]
+        if figure.task == "ngrams":
+            md.append(f"- optimal estimator (eq. 10) on our validation set: {_num(optimum, 4)} bits (paper: "
+                      f"{PAPER_NGRAM_OPTIMUM}; we score all 200 bits, where the optimum is about 133.3)")
+        md.append("")
+
+    md += ["## Fig 11: associative recall generalisation (bits per sequence)", ""]
+    recall = [s for s in summaries if s.task == "associative_recall"]
+    if not recall:
+        md += ["Missing: no runs of task `associative_recall` in the given folders.", ""]
+    else:
+        path = out / "fig11_associative_recall_generalisation.png"
+        save_figure(fig11_figure(summaries, paper), path)
+        written.append(path)
+        rows = []
+        for model in ("lstm", "ntm_lstm", "ntm_ff"):
+            s = next((s for s in recall if s.model == model), None)
+            gen = s.generalisation() if s else {}
+            rows.append([MODEL_LABELS[model]] + [
+                f"{_num(median(gen.get(f'items_{n}', [])))} ({PAPER_FIG11[model][i]:g})" if s else
+                f"missing ({PAPER_FIG11[model][i]:g})" for i, n in enumerate(FIG11_ITEMS)])
+        md += [f"![Fig 11]({path.name})", "", "Ours, median across seeds of each run's last evaluation (paper in "
+               "brackets):", "", _table(["model"] + [f"{n} items" for n in FIG11_ITEMS], rows), ""]
+
+    md += ["## Other generalisation results (ours; the paper shows these as pictures)", ""]
+    other = [s for s in summaries if s.task != "associative_recall" and s.generalisation()]
+    if other:
+        md.append(_table(["task", "model", "setting: median bits per sequence (seeds)"],
+                         [[s.task, s.model, "; ".join(f"{name}: {_num(median(v))} ({len(v)})"
+                                                      for name, v in sorted(s.generalisation().items()))]
+                          for s in other]))
+    else:
+        md.append("None in these runs.")
+    md.append("")
+
+    md += ["## Figs 4, 5, 8: example outputs", ""]
+    for task, number in (("copy", "4 (NTM) and 5 (LSTM)"), ("repeat_copy", "8")):
+        groups = [s for s in summaries if s.task == task]
+        if not groups:
+            md += [f"- Fig {number}, {task}: missing (no runs)"]
+            continue
+        for s in groups:
+            try:
+                paths = example_pictures(s, out)
+            except RunError as error:  # e.g. an unreadable checkpoint: the rest of the report still stands
+                md += [f"- {task}, {s.model}: missing ({error})"]
+                continue
+            written += paths
+            md += [f"- {task}, {s.model}: " + (", ".join(f"[{p.stem.split(s.model + '_', 1)[1]}]({p.name})"
+                                                        for p in paths) or "missing (no checkpoint)")]
+    md.append("")
+
+    md += ["## Parameter counts beside Tables 1-3", ""]
+    md.append(_table(["task", "model", "ours", "paper"],
+                     [[s.task, s.model, _count(s.last_scalar_median("model/parameters")),
+                       _count(s.last_scalar_median("model/parameters_paper")
+                              or median(r.config.get("paper", {}).get("params") for r in s.runs))]
+                      for s in summaries]))
+    md += ["", "Aggregate tables of the same runs: [aggregate/summary.csv](aggregate/summary.csv), "
+           "[aggregate/seeds.csv](aggregate/seeds.csv), [aggregate/curves.csv](aggregate/curves.csv).", ""]
+    write_atomic(out / "REPORT.md", "\n".join(md))
+    written.append(out / "REPORT.md")
+    return written
+
+
+def main(argv: list[str]) -> list[Path]:
+    parser = OneLineParser(prog="ntm-report", description="Build the paper-reproduction report (figures over the "
+                           "paper's, tables, REPORT.md) from run or sweep folders.")
+    parser.add_argument("folders", type=Path, nargs="+", help="run or sweep folders (any tree of run folders)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="report folder (default outputs/report)")
+    parser.add_argument("--threshold", type=positive_float, default=DEFAULT_THRESHOLD,
+                        help=f"cost in bits per sequence that counts as converged (default {DEFAULT_THRESHOLD})")
+    args = parser.parse_args(argv)
+    runs = load_runs(args.folders)
+    written = build_report(runs, args.out, args.folders, args.threshold)
+    print(f"{len(runs)} runs; wrote {len(written)} files in {args.out} (summary: {args.out / 'REPORT.md'})")
+    return written

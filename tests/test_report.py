@@ -1,0 +1,217 @@
+"""ntm-aggregate and ntm-report on a real short sweep: two tasks x two models x two seeds, trained
+once per module by the real ntm-train -m, read back from its event files."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, ntm_train_exe, run_cli, scalars
+from ntm_experiments.aggregate import MODEL_LABELS, Summary, summarise
+from ntm_experiments.report import (FIGURES, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, landmark_line, learning_curve_figure,
+                                    load_paper_curves)
+from ntm_experiments.runs import COST_TAG, Run, band, find_run_dirs
+
+TASKS = ["copy", "associative_recall"]
+SHORT = ["train.total_sequences=128", "eval.pictures=false", "seed=1,2", f"task={','.join(TASKS)}"]
+LSTM_TINY = ["model.hidden_size=16", *[o for o in TINY if not o.startswith("model.")]]
+
+
+def exe(name: str) -> str:
+    return str(Path(ntm_train_exe()).with_name(name))
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """A real sweep tree: ntm_lstm and lstm on copy and associative recall, seeds 1 and 2, 128 sequences."""
+    root = tmp_path_factory.mktemp("sweep")
+    for model, tiny in (("ntm_lstm", TINY), ("lstm", LSTM_TINY)):
+        result = run_cli(["-m", f"model={model}", *tiny, *SHORT, f"hydra.sweep.dir={root / 'sweep' / model}"],
+                         cwd=root, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return root / "sweep"
+
+
+@pytest.mark.slow
+def test_aggregate_writes_per_task_model_rows_from_the_event_files(sweep, tmp_path):
+    runs = find_run_dirs(sweep)
+    assert len(runs) == 8
+    first = {}
+    for run in runs:
+        config = OmegaConf.load(run / ".hydra" / "config.yaml")
+        first[(config.task.name, config.model.name, config.seed)] = scalars(run, COST_TAG)
+    # a threshold that some but not all runs reach within their 128 sequences
+    threshold = float(np.median([v for curve in first.values() for _, v in curve]))
+    expected = {key: next((s for s, v in curve if v < threshold), None) for key, curve in first.items()}
+    assert any(v is None for v in expected.values()) and any(v is not None for v in expected.values())
+
+    out = tmp_path / "agg"
+    result = run_cli([str(sweep), "--threshold", repr(threshold), "--out", str(out)], cwd=tmp_path, exe=exe("ntm-aggregate"))
+    assert result.returncode == 0, result.stderr
+    assert (out / "curves.png").stat().st_size > 0
+    assert not list(out.glob(".*.tmp"))
+
+    summary = read_csv(out / "summary.csv")
+    assert sorted((r["task"], r["model"]) for r in summary) == sorted((t, m) for t in TASKS for m in ("ntm_lstm", "lstm"))
+    for row in summary:
+        keys = [k for k in expected if k[:2] == (row["task"], row["model"])]
+        assert row["seeds"] == "2" and row["budget"] == "custom" and row["sequences_reached_max"] == "128"
+        assert float(row["converged_fraction"]) == sum(expected[k] is not None for k in keys) / 2
+        assert float(row["final_below_fraction"]) == sum(first[k][-1][1] < threshold for k in keys) / 2
+        settings = ["items_6", "items_10", "items_15", "items_20"] if row["task"] == "associative_recall" else \
+            ["length_10", "length_20", "length_30", "length_50", "length_120"]
+        for setting in settings:
+            last = [scalars(r, f"eval/{setting}/cost_bits_per_sequence")[-1][1] for r in runs
+                    if f"task={row['task']}" in r.name and f"model={row['model']}," in r.name]
+            assert float(row[f"eval/{setting}"]) == pytest.approx(np.median(last), rel=1e-5)
+
+    seeds = read_csv(out / "seeds.csv")
+    assert len(seeds) == 8
+    for row in seeds:
+        want = expected[(row["task"], row["model"], int(row["seed"]))]
+        assert row["sequences_to_threshold"] == ("" if want is None else str(want))
+
+    curves = read_csv(out / "curves.csv")
+    for (task, model, seed), curve in first.items():
+        rows = [r for r in curves if (r["task"], r["model"]) == (task, model)]
+        assert [int(r["sequences"]) for r in rows] == [s for s, _ in curve] == [32, 64, 96, 128]
+    for row in curves:
+        both = [dict(first[(row["task"], row["model"], s)])[int(row["sequences"])] for s in (1, 2)]
+        assert float(row["median"]) == pytest.approx(np.median(both), rel=1e-5)
+        assert float(row["q25"]) == pytest.approx(np.percentile(both, 25), rel=1e-5)
+        assert row["seeds"] == "2"
+
+
+@pytest.mark.slow
+def test_budget_is_read_from_the_composed_config(sweep, tmp_path):
+    one = find_run_dirs(sweep)[0]
+    copy = tmp_path / "runs" / one.name
+    shutil.copytree(one, copy)
+    config = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    config.budget = "short"
+    OmegaConf.save(config, copy / ".hydra" / "config.yaml")
+    result = run_cli([str(tmp_path / "runs")], cwd=tmp_path, exe=exe("ntm-aggregate"))
+    assert result.returncode == 0, result.stderr
+    assert [r["budget"] for r in read_csv(tmp_path / "runs" / "aggregate" / "seeds.csv")] == ["short"]
+
+
+@pytest.mark.slow
+def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
+    out = tmp_path / "report"
+    result = run_cli([str(sweep / "ntm_lstm"), str(sweep / "lstm"), "--out", str(out)], cwd=tmp_path,
+                     exe=exe("ntm-report"), timeout=600)
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"REPORT.md", "aggregate", "fig03_copy.png", "fig10_associative_recall.png",
+            "fig11_associative_recall_generalisation.png"} <= names
+    for model, number in (("ntm_lstm", 4), ("lstm", 5)):
+        for length in (10, 20, 30, 50, 120):
+            assert f"fig{number:02d}_copy_{model}_length_{length}.png" in names
+    assert not {"fig07_repeat_copy.png", "fig13_ngrams.png", "fig18_priority_sort.png"} & names
+    assert not [n for n in names if n.endswith(".tmp")]
+    for png in out.glob("*.png"):
+        assert 0 < png.stat().st_size < 150_000, png.name
+
+    text = (out / "REPORT.md").read_text()
+    for missing in ("Fig 7", "Fig 13", "Fig 18"):
+        section = text.split(f"## {missing}:")[1].split("\n## ")[0]
+        assert "Missing: no runs" in section
+    assert "not below 0.1 bits within 0.128k sequences (paper: 25k)" in text  # copy, NTM-LSTM
+    assert "at 45k sequences the paper has 0.22 bits" not in text  # no NTM-FF runs: reported missing
+    assert "associative_recall, NTM-FF: missing (no runs)" in text
+    assert "| copy | ntm_lstm | custom | 2 (1, 2) | 0.128k |" in text
+    for run in find_run_dirs(sweep):
+        config = OmegaConf.load(run / ".hydra" / "config.yaml")
+        ours = int(scalars(run, "model/parameters")[0][1])
+        assert f"| {config.task.name} | {config.model.name} | {ours:,} | {config.paper.params:,} |" in text
+    fig11 = text.split("## Fig 11")[1].split("\n## ")[0]
+    assert "(36.6)" in fig11 and "(0.08)" in fig11 and "NTM-FF | missing (0.02)" in fig11
+
+
+def test_paper_curves_load_in_thousands_and_plot_on_the_papers_axes():
+    paper = load_paper_curves()
+    assert {k[0] for k in paper} == {"fig3_copy", "fig7_repeatcopy", "fig10_assoc", "fig11_assoc_gen", "fig13_ngram",
+                                     "fig18_sort"}
+    for model, values in PAPER_FIG11.items():  # the CSV and SPEC.md's table agree
+        name = MODEL_LABELS[model]
+        assert [c for _, c in paper[("fig11_assoc_gen", name)]] == pytest.approx(values, abs=0.02, rel=0.01)
+    for figure in FIGURES:
+        fig = learning_curve_figure(figure, [], paper)
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == "sequences seen (thousands)"
+        assert ax.get_ylabel() == "cost per sequence (bits)"
+        assert ax.get_xlim() == (0, figure.xmax) and ax.get_ylim() == figure.ylim
+        lines = [ln for ln in ax.get_lines() if "(paper" in ln.get_label()]
+        assert len(lines) >= 3
+        for line in lines[:3]:
+            x = line.get_xdata()
+            assert 0 <= min(x) and 0.9 * figure.xmax < max(x) <= figure.xmax + 10  # thousands, not sequences
+        if figure.task == "ngrams":
+            assert any(list(ln.get_ydata()) == [PAPER_NGRAM_OPTIMUM] * 2 for ln in ax.get_lines())
+        plt.close(fig)
+
+
+def _summary(task: str, model: str, curves: list[list[tuple[int, float]]]) -> Summary:
+    runs = [Run(Path(f"run{i}"), OmegaConf.create({"task": {"name": task}, "model": {"name": model}, "seed": i}),
+                {COST_TAG: c}) for i, c in enumerate(curves)]
+    return summarise(runs)[0]
+
+
+def test_landmark_sentences_state_agreement_in_numbers():
+    fast = _summary("copy", "ntm_lstm", [[(10_000, 5.0), (20_000, 0.5), (30_000, 0.05)]] * 2)
+    assert landmark_line(fast, ("below", 0.1, 25)) == \
+        "copy, NTM-LSTM: below 0.1 bits at 30k sequences (paper: 25k); agrees " \
+        "(per seed, first below it at 30k (seed 0), 30k (seed 1))"
+    slow = _summary("copy", "ntm_lstm", [[(10_000, 5.0), (100_000, 0.05)]])
+    assert "disagrees: slower" in landmark_line(slow, ("below", 0.1, 25))
+    lstm = _summary("copy", "lstm", [[(100_000, 4.0), (300_000, 1.0)], [(100_000, 6.0), (300_000, 3.0)]])
+    assert landmark_line(lstm, ("at", 200, 1.9)) == "copy, LSTM: 3.5 bits at 200k sequences (paper: 1.9); " \
+        "disagrees: higher"
+    assert "inconclusive: our runs stop at 300k" in landmark_line(lstm, ("at", 1000, 0.5))
+
+
+def test_band_uses_each_seed_only_where_it_has_data():
+    b = band([[(10, 4.0), (20, 2.0)], [(10, 6.0), (15, 5.0), (30, 1.0)]])
+    assert list(b.x) == [10, 15, 20, 30]
+    assert list(b.count) == [2, 2, 2, 1]
+    assert b.median[1] == pytest.approx((3.0 + 5.0) / 2)  # seed 1 interpolated between its own points
+    assert b.median[3] == 1.0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["/nonexistent/sweep"], ["/nonexistent/sweep", "no such file"]),
+    (["EMPTY"], ["no runs found", ".hydra/config.yaml"]),
+    (["EMPTY", "--threshold", "0"], ["--threshold", "0", "> 0"]),
+])
+@pytest.mark.parametrize("prog", ["ntm-aggregate", "ntm-report"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words, prog):
+    (tmp_path / "EMPTY").mkdir()
+    result = run_cli(args, cwd=tmp_path, exe=exe(prog), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_damaged_run_config_is_one_line(tmp_path):
+    run = tmp_path / "sweep" / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task: [unclosed\n")
+    (run / "events.out.tfevents.0.host").write_bytes(b"")
+    result = run_cli([str(tmp_path / "sweep")], cwd=tmp_path, exe=exe("ntm-aggregate"), timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "config.yaml: not a readable config" in lines[0], result.stderr
