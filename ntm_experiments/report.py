@@ -99,34 +99,40 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 4.2), constrained_layout=True)
     ours = [s for s in summaries if s.task == figure.task]
-    for paper_name, model in PAPER_MODELS.items():
-        points = paper.get((figure.key, paper_name))
-        if points:
-            ax.plot([x for x, _ in points], [c for _, c in points], color=MODEL_COLOURS[model], lw=1.2, ls="--",
-                    alpha=0.8, label=f"{paper_name} (paper)")
-    for s in ours:
-        plot_band(ax, s, f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds, "
-                         f"to {k(max(r.sequences for r in s.runs))})")
+    reach = max((float(s.band.x[-1]) / 1000 for s in ours if len(s.band.x)), default=0.0)
+    zoom = 0 < reach < figure.xmax / 2  # our runs cover under half the paper's axis: add a panel on them
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(12.5 if zoom else 8.5, 4.2), constrained_layout=True,
+                             squeeze=False)
     ylo, yhi = figure.ylim
-    xmax = figure.xmax
+    xmax = max(figure.xmax, reach)
     for s in ours:
         if len(s.band.x):
-            xmax = max(xmax, float(s.band.x[-1]) / 1000)
             # the paper's y axis cuts off early costs too; widen it only so our last point shows
             yhi = max(yhi, float(s.band.median[-1]) * 1.05)
             ylo = min(ylo, float(s.band.median[-1]) - 1) if figure.ylim[0] > 0 else ylo
-    if figure.task == "ngrams":
-        ax.axhline(PAPER_NGRAM_OPTIMUM, color="black", ls="--", lw=1, label=f"optimal (paper: {PAPER_NGRAM_OPTIMUM})")
-        if optimum is not None:
-            ax.axhline(optimum, color="black", ls=":", lw=1, label=f"optimal (ours: {optimum:.1f})")
-            ylo = min(ylo, optimum - 1)
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(ylo, yhi)
-    label_axes(ax)
-    ax.set_title(f"Fig {figure.number}: {figure.title}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a curve
+    if figure.task == "ngrams" and optimum is not None:
+        ylo = min(ylo, optimum - 1)
+    for ax, right in zip(axes[0], (xmax, reach)):
+        for paper_name, model in PAPER_MODELS.items():
+            points = paper.get((figure.key, paper_name))
+            if points:
+                ax.plot([x for x, _ in points], [c for _, c in points], color=MODEL_COLOURS[model], lw=1.2, ls="--",
+                        alpha=0.8, label=f"{paper_name} (paper)")
+        for s in ours:
+            plot_band(ax, s, f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds, "
+                             f"to {k(max(r.sequences for r in s.runs))})")
+        if figure.task == "ngrams":
+            ax.axhline(PAPER_NGRAM_OPTIMUM, color="black", ls="--", lw=1, label=f"optimal (paper: {PAPER_NGRAM_OPTIMUM})")
+            if optimum is not None:
+                ax.axhline(optimum, color="black", ls=":", lw=1, label=f"optimal (ours: {optimum:.1f})")
+        ax.set_xlim(0, right)
+        ax.set_ylim(ylo, yhi)
+        label_axes(ax)
+    axes[0][0].set_title(f"Fig {figure.number}: {figure.title}" + (" (the paper's axes)" if zoom else ""), fontsize=10)
+    if zoom:
+        axes[0][1].set_title(f"the same, 0 to {k(reach * 1000)} sequences (our runs)", fontsize=10)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a curve
     return fig
 
 
@@ -256,7 +262,8 @@ def _count(value: float | None) -> str:
     return "n/a" if value is None else f"{int(value):,}"
 
 
-def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: float = DEFAULT_THRESHOLD) -> list[Path]:
+def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: float = DEFAULT_THRESHOLD,
+                 note: str = "") -> list[Path]:
     """Write every figure, the aggregate tables and REPORT.md into ``out``; return the paths written."""
     summaries = summarise(runs, threshold)
     paper = load_paper_curves()
@@ -268,7 +275,10 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
           "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and SPEC.md's landmarks. "
           f"Agreement: sequences to a cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within "
           f"{COST_TOLERANCE:.0%} of the paper's or {COST_FLOOR:g} bits. Our curves: median across seeds "
-          "(solid) with the quartile band; the paper's: dashed.", "", "## Runs", ""]
+          "(solid) with the quartile band; the paper's: dashed.", ""]
+    if note:  # e.g. which machine and budget made the runs
+        md += [note.strip(), ""]
+    md += ["## Runs", ""]
     md.append(_table(["task", "model", "budget", "seeds", "sequences reached", f"seeds below {threshold:g} bits"],
                      [[s.task, s.model, ", ".join(s.budgets), f"{len(s.runs)} ({', '.join(map(str, s.seeds))})",
                        ", ".join(sorted({k(r.sequences) for r in s.runs})),
@@ -366,8 +376,10 @@ def main(argv: list[str]) -> list[Path]:
     parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="report folder (default outputs/report)")
     parser.add_argument("--threshold", type=positive_float, default=DEFAULT_THRESHOLD,
                         help=f"cost in bits per sequence that counts as converged (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--note", default="", help="a paragraph for the top of REPORT.md, e.g. which machine and "
+                        "budget made the runs")
     args = parser.parse_args(argv)
     runs = load_runs(args.folders)
-    written = build_report(runs, args.out, args.folders, args.threshold)
+    written = build_report(runs, args.out, args.folders, args.threshold, args.note)
     print(f"{len(runs)} runs; wrote {len(written)} files in {args.out} (summary: {args.out / 'REPORT.md'})")
     return written

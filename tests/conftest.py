@@ -34,7 +34,9 @@ def ntm_train_exe() -> str:
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 240, exe: str | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # one torch thread per training subprocess: on CI's 2 cores, pytest and the subprocess would
+    # otherwise oversubscribe them (tiny models gain nothing from a second thread)
+    full_env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([exe or ntm_train_exe(), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

@@ -98,7 +98,7 @@ def test_killed_run_resumes_to_the_uninterrupted_curve(tmp_path):
     result = run_cli([*args, f"train.total_sequences={total}"], cwd=straight)
     assert result.returncode == 0, result.stderr
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.Popen([ntm_train_exe(), *args, "train.total_sequences=1000000"], cwd=killed, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

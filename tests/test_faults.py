@@ -29,7 +29,7 @@ EVERY_STEP = ["task=copy", "model=ntm_ff", "model.controller_size=16", "model.me
 
 
 def _env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     return env
 

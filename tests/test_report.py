@@ -109,8 +109,8 @@ def test_budget_is_read_from_the_composed_config(sweep, tmp_path):
 @pytest.mark.slow
 def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
     out = tmp_path / "report"
-    result = run_cli([str(sweep / "ntm_lstm"), str(sweep / "lstm"), "--out", str(out)], cwd=tmp_path,
-                     exe=exe("ntm-report"), timeout=600)
+    result = run_cli([str(sweep / "ntm_lstm"), str(sweep / "lstm"), "--out", str(out),
+                      "--note", "Made on a test machine."], cwd=tmp_path, exe=exe("ntm-report"), timeout=600)
     assert result.returncode == 0, result.stderr
     names = {p.name for p in out.iterdir()}
     assert {"REPORT.md", "aggregate", "fig03_copy.png", "fig10_associative_recall.png",
@@ -124,6 +124,7 @@ def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
         assert 0 < png.stat().st_size < 150_000, png.name
 
     text = (out / "REPORT.md").read_text()
+    assert text.index("Made on a test machine.") < text.index("## Runs")
     for missing in ("Fig 7", "Fig 13", "Fig 18"):
         section = text.split(f"## {missing}:")[1].split("\n## ")[0]
         assert "Missing: no runs" in section
@@ -179,6 +180,24 @@ def test_landmark_sentences_state_agreement_in_numbers():
     assert landmark_line(lstm, ("at", 200, 1.9)) == "copy, LSTM: 3.5 bits at 200k sequences (paper: 1.9); " \
         "disagrees: higher"
     assert "inconclusive: our runs stop at 300k" in landmark_line(lstm, ("at", 1000, 0.5))
+
+
+def test_short_runs_get_a_second_panel_on_their_own_range():
+    """On the paper's 1,000k axis a 50k run is a sliver: a second panel shows 0 to where our runs stop."""
+    copy_figure = next(f for f in FIGURES if f.task == "copy")
+    short = _summary("copy", "ntm_ff", [[(10_000, 40.0), (50_000, 0.01)]])
+    fig = learning_curve_figure(copy_figure, [short], load_paper_curves())
+    paper_axes, zoom = fig.axes[0], fig.axes[1]
+    assert paper_axes.get_xlim() == (0, copy_figure.xmax) and zoom.get_xlim() == (0, 50)
+    assert "50k" in zoom.get_title()
+    for ax in (paper_axes, zoom):  # the same curves on both
+        assert any("NTM-FF (ours" in ln.get_label() for ln in ax.get_lines())
+        assert any("(paper)" in ln.get_label() for ln in ax.get_lines())
+    plt.close(fig)
+    whole = _summary("copy", "ntm_ff", [[(10_000, 40.0), (900_000, 0.01)]])
+    fig = learning_curve_figure(copy_figure, [whole], load_paper_curves())
+    assert len(fig.axes) == 1  # runs covering most of the axis need no second panel
+    plt.close(fig)
 
 
 def test_band_uses_each_seed_only_where_it_has_data():
