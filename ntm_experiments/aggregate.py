@@ -97,7 +97,7 @@ def plot_band(ax, summary: Summary, label: str | None = None) -> None:
     b, colour = summary.band, MODEL_COLOURS.get(summary.model, None)
     if len(b.x) == 0:
         return
-    text = label or f"{MODEL_LABELS.get(summary.model, summary.model)} (ours, {len(summary.runs)} seeds)"
+    text = label or f"{MODEL_LABELS.get(summary.model, summary.model)} (ours, {len(summary.runs)} seed{'s' if len(summary.runs) != 1 else ''})"
     line, = ax.plot(b.x / 1000, b.median, color=colour, lw=1.5, label=text)
     ax.fill_between(b.x / 1000, b.q25, b.q75, color=line.get_color(), alpha=0.25, lw=0)
 

@@ -120,7 +120,7 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
                 ax.plot([x for x, _ in points], [c for _, c in points], color=MODEL_COLOURS[model], lw=1.2, ls="--",
                         alpha=0.8, label=f"{paper_name} (paper)")
         for s in ours:
-            plot_band(ax, s, f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds, "
+            plot_band(ax, s, f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seed{'s' if len(s.runs) != 1 else ''}, "
                              f"to {k(max(r.sequences for r in s.runs))})")
         if figure.task == "ngrams":
             ax.axhline(PAPER_NGRAM_OPTIMUM, color="black", ls="--", lw=1, label=f"optimal (paper: {PAPER_NGRAM_OPTIMUM})")
@@ -161,7 +161,7 @@ def fig11_figure(summaries: list[Summary], paper: dict):
         lo = [m - float(np.percentile(v, 25)) for m, v in zip(med, values)]
         hi = [float(np.percentile(v, 75)) - m for m, v in zip(med, values)]
         ax.errorbar(items, med, yerr=[lo, hi], fmt="s-", color=MODEL_COLOURS.get(s.model), ms=4, capsize=3,
-                    label=f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seeds)")
+                    label=f"{MODEL_LABELS.get(s.model, s.model)} (ours, {len(s.runs)} seed{'s' if len(s.runs) != 1 else ''})")
     ax.set_xlabel("number of items")
     ax.set_ylabel("cost per sequence (bits)")
     ax.set_xticks(FIG11_ITEMS)
