@@ -107,17 +107,10 @@ def train() -> None:
         sys.exit(1)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def evaluate_checkpoint(argv: list[str]) -> Path:
     """ntm-eval: score a checkpoint on its task's generalisation suite; write PNGs, JSON, CSV."""
     import argparse
 
-    import matplotlib.pyplot as plt
     import torch
     from omegaconf import OmegaConf
 
@@ -125,6 +118,7 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     from .config import Config, resolve_device, validate
     from .evaluate import as_dicts, capacity_warnings, evaluate, example_figure, results_table
     from .models import make_model
+    from .runs import save_figure, write_atomic
     from .tasks import make_task
 
     parser = argparse.ArgumentParser(prog="ntm-eval", description="Evaluate a trained checkpoint on its task's "
@@ -155,20 +149,17 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     out.mkdir(exist_ok=True)
     payload = {"run_dir": str(run_dir), "task": cfg.task.name, "model": cfg.model.name, "sequences_seen": seen,
                "eval": OmegaConf.to_container(cfg.eval), "results": as_dicts(results)}
-    _write_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
     rows = as_dicts(results)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out / "results.csv", buffer.getvalue())
+    write_atomic(out / "results.csv", buffer.getvalue())
     if cfg.eval.pictures:
         for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
             fig = example_figure(model, task, setting, cfg.eval.seed, device)
-            tmp = out / f".{setting.name}.png.tmp"
-            fig.savefig(tmp, dpi=110, format="png")
-            plt.close(fig)
-            os.replace(tmp, out / f"{setting.name}.png")
+            save_figure(fig, out / f"{setting.name}.png", dpi=110)
     print(f"wrote {out}/results.json, results.csv" + (" and one PNG per setting" if cfg.eval.pictures else ""))
     return out
 

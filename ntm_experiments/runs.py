@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
 
-COST_TAG = "train/cost_bits_per_sequence"  # the same tag train.py logs
+COST_TAG = "train/cost_bits_per_sequence"  # the training cost train.py logs, bits per sequence
 EVAL_PREFIX, EVAL_SUFFIX = "eval/", "/cost_bits_per_sequence"
 OPTIMAL_SUFFIX = "/optimal_cost_bits_per_sequence"
 

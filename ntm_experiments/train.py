@@ -29,11 +29,11 @@ from .evaluate import capacity_warnings, log_evaluation
 from .sweep import cpu_threads_per_job, mark_failed
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
+from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-report read back
 from .tasks import make_task
 
 log = logging.getLogger("ntm_experiments.train")
 
-COST_TAG = "train/cost_bits_per_sequence"
 
 
 def check_resumable(saved: dict, cfg: DictConfig) -> None:
