@@ -21,10 +21,12 @@ FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def rng_states(data_generator: torch.Generator) -> dict[str, Any]:
+def rng_states(data_generator: torch.Generator, data_state: torch.Tensor | None = None) -> dict[str, Any]:
+    """The RNG states a resume needs; ``data_state`` (if given) replaces the data generator's
+    current state, e.g. its state before a batch that was drawn ahead but not yet trained on."""
     states = {
         "torch": torch.get_rng_state(),
-        "data": data_generator.get_state(),
+        "data": data_generator.get_state() if data_state is None else data_state,
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }

@@ -139,6 +139,11 @@ class TrainConfig:
     batch_size: int = 16
     log_every: int = 1_000
     checkpoint_every: int = 10_000
+    fast_path: str = "auto"
+    fast_path_min_sequences: int = 20_000
+
+
+FAST_PATH_VALUES = ("auto", "true", "false")
 
 
 @dataclass
@@ -245,6 +250,10 @@ def validate(cfg: DictConfig) -> None:
     for value in cfg.eval.lengths or []:
         if value <= 0:
             raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
+    if str(cfg.train.fast_path).lower() not in FAST_PATH_VALUES:
+        raise ConfigError(f"train.fast_path={cfg.train.fast_path}: must be one of {', '.join(FAST_PATH_VALUES)}")
+    if cfg.train.fast_path_min_sequences < 0:
+        raise ConfigError(f"train.fast_path_min_sequences={cfg.train.fast_path_min_sequences}: must be >= 0")
     if cfg.train.max_restores < 0:
         raise ConfigError(f"train.max_restores={cfg.train.max_restores}: must be >= 0")
     for key in ("train.momentum", "train.decay"):

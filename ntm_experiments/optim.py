@@ -20,6 +20,16 @@ class GravesRMSprop(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
 
     @torch.no_grad()
+    def init_state(self) -> None:
+        """Create the running averages (zeros) now rather than at the first step, so a step
+        can be captured in a CUDA graph (ntm_experiments.fast)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad and not self.state[p]:
+                    self.state[p].update(square_avg=torch.zeros_like(p), grad_avg=torch.zeros_like(p),
+                                         delta=torch.zeros_like(p))
+
+    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:

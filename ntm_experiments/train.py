@@ -26,6 +26,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .config import ConfigError, RunError, TrainingDiverged, config_dir, hparams, resolve_device, validate
 from .evaluate import capacity_warnings, log_evaluation
+from .fast import make_train_step, use_fast_path
 from .sweep import cpu_threads_per_job, mark_failed
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
@@ -116,12 +117,16 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             checkpoint.save(ckpt_path, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "sequences_seen": seen,
                 "last_cost": last_cost, "best_eval_cost": best_eval, "config": OmegaConf.to_container(cfg, resolve=True),
-                "rng": checkpoint.rng_states(data_rng)})
+                "rng": checkpoint.rng_states(data_rng, data_state)})
         except OSError as error:
             raise RunError(f"cannot write the checkpoint {ckpt_path}: {error.strerror or error}; "
                            "the previous checkpoint is kept") from error
 
     total, batch_size = cfg.train.total_sequences, cfg.train.batch_size
+    fast = use_fast_path(str(cfg.train.fast_path).lower(), model, device, total - seen, cfg.train.fast_path_min_sequences)
+    stepper = make_train_step(fast, model, task, opt, params, device)
+    log.info("training step: %s on %s", "fast path (compiled" + (", CUDA graphs)" if device.type == "cuda" else ")")
+             if fast else "plain eager", device)
     log_every, ckpt_every = cfg.train.log_every, cfg.train.checkpoint_every
     cost_sum = grad_norm_sum = 0.0
     steps_in_window = seqs_in_window = 0
@@ -129,15 +134,16 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     bar = tqdm(total=total, initial=seen, unit="seq", unit_scale=True, dynamic_ncols=True,
                disable=not cfg.progress, mininterval=1.0, desc=f"{cfg.task.name}/{cfg.model.name}")
     model.train()
+    data_state = data_rng.get_state()  # the data stream before the batch in hand: what a checkpoint saves
+    ahead = None  # the next batch, drawn on the CPU while the device trains on this one
     while seen < total:
-        b = min(batch_size, total - seen)
-        batch = task.sample(b, data_rng).to(device)
-        cost = task.cost(model(batch.inputs), batch)  # (b,) bits per sequence
-        loss = cost.mean() * math.log(2.0)  # objective: summed binary cross-entropy per sequence, in nats
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))  # measure only
-        if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # skip the step, count it
+        batch = ahead if ahead is not None else task.sample(min(batch_size, total - seen), data_rng).to(device)
+        b = batch.batch_size
+        cost, grad_norm = stepper.forward_backward(batch)  # asynchronous on CUDA
+        data_state, ahead = data_rng.get_state(), None
+        if seen + b < total:  # draw the next batch now, while the GPU works, and queue its copy
+            ahead = task.sample(min(batch_size, total - seen - b), data_rng).to(device)
+        if not bool(torch.isfinite(cost.sum()) & torch.isfinite(grad_norm)):  # skip the step, count it
             skipped, bad_in_row = skipped + 1, bad_in_row + 1
             writer.add_scalar("train/skipped_steps", skipped, seen)
             if bad_in_row >= cfg.train.max_bad_steps:
@@ -151,13 +157,13 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
                         + " (try a lower train.lr)")
                 model.load_state_dict(last_good["model"])
                 opt.load_state_dict(last_good["optimizer"])
+                stepper.optimizer_reloaded()
                 writer.add_scalar("train/restores", restores, seen)
                 log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
                             cfg.train.max_bad_steps, last_good["seen"], restores, cfg.train.max_restores)
             continue
         bad_in_row = 0
-        torch.nn.utils.clip_grad_value_(params, cfg.train.clip_value)  # element-wise, §4.6
-        opt.step()
+        stepper.update(cfg.train.clip_value)  # clip element-wise to (-10, 10) (§4.6), RMSProp step
 
         before, seen = seen, seen + b
         cost_sum += cost.sum().item()

@@ -26,3 +26,62 @@ def test_device_auto_trains_on_the_gpu(tmp_path):
     assert cost == pytest.approx(scalars(tmp_path, COST_TAG)[-1][1])
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert next(iter(saved["model"].values())).is_cuda
+
+
+def _fast_and_plain(task_name: str, model_name: str):
+    """Two identical models on the GPU, one trained by PlainStep, one by FastStep (CUDA graphs)."""
+    from ntm_experiments.fast import FastStep, PlainStep
+    from ntm_experiments.models import make_model
+    from ntm_experiments.optim import GravesRMSprop
+    from ntm_experiments.tasks import make_task
+
+    cfg = compose_config(f"task={task_name}", f"model={model_name}")
+    task = make_task(cfg.task)
+    steppers = []
+    for kind in (PlainStep, FastStep):
+        torch.manual_seed(0)
+        model = make_model(cfg.model, task.input_width, task.output_width).cuda()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = GravesRMSprop(params, lr=cfg.train.lr)
+        steppers.append(kind(model, task, opt, params) if kind is PlainStep else
+                        kind(model, task, opt, params, torch.device("cuda")))
+    return task, steppers
+
+
+@pytest.mark.parametrize("model_name", ["ntm_lstm", "ntm_ff", "lstm"])
+def test_fast_path_with_cuda_graphs_trains_like_the_plain_path(model_name):
+    task, (plain, fast) = _fast_and_plain("copy", model_name)
+    generator = torch.Generator().manual_seed(3)
+    for length in (5, 9, 5, 9, 5):  # two captured shapes, each replayed with new data
+        batch = task.sample(8, generator, length=length).to("cuda")
+        cost_p, norm_p = plain.forward_backward(batch)
+        cost_f, norm_f = fast.forward_backward(batch)
+        torch.testing.assert_close(cost_f, cost_p, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(norm_f, norm_p, rtol=1e-4, atol=1e-5)
+        for p_plain, p_fast in zip(plain.params, fast.params):
+            torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-3, atol=1e-5)
+        plain.update(10.0)
+        fast.update(10.0)
+        for p_plain, p_fast in zip(plain.params, fast.params):
+            torch.testing.assert_close(p_fast, p_plain, rtol=1e-4, atol=1e-6)
+    assert len(fast.captured) == 2
+
+
+def test_fast_path_recaptures_the_update_after_a_restore():
+    task, (plain, fast) = _fast_and_plain("copy", "ntm_lstm")
+    generator = torch.Generator().manual_seed(4)
+    saved = {k: v.clone() for k, v in fast.model.state_dict().items()}
+    import copy
+    saved_opt = copy.deepcopy(fast.optimizer.state_dict())
+    for _ in range(2):
+        fast.forward_backward(task.sample(8, generator, length=6).to("cuda"))
+        fast.update(10.0)
+    fast.model.load_state_dict(saved)
+    fast.optimizer.load_state_dict(saved_opt)  # new state tensors: the captured update is stale
+    fast.optimizer_reloaded()
+    batch = task.sample(8, generator, length=6).to("cuda")
+    for stepper in (plain, fast):
+        stepper.forward_backward(batch)
+        stepper.update(10.0)
+    for p_plain, p_fast in zip(plain.params, fast.params):
+        torch.testing.assert_close(p_fast, p_plain, rtol=1e-4, atol=1e-6)

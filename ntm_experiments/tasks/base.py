@@ -22,6 +22,11 @@ class Batch(NamedTuple):
     mask: torch.Tensor     # (T, B, output_width) float, 1 on scored target bits
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The batch on ``device``; a copy to a GPU goes through pinned memory, so it does not
+        wait for the work already queued there."""
+        device = torch.device(device)
+        if device.type == "cuda" and self.inputs.device.type == "cpu":
+            return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in self))
         return Batch(*(t.to(device, non_blocking=True) for t in self))
 
     @property

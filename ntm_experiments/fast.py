@@ -1,0 +1,197 @@
+"""The training step, plain or fast (train.fast_path). Both compute the same function.
+
+A training step is two halves, so the loop can skip a step whose loss or gradient is not
+finite (train.max_bad_steps) without ever applying it:
+
+  forward_backward(batch) -> cost (B,) in bits, gradient norm   (model, cost, backward)
+  update(clip_value)                                            (clip, RMSProp)
+
+PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap to launch:
+  - NTM models: the time step (``NTM.step``: controller, heads, addressing, read, write) is
+    compiled with ``torch.compile`` into a few fused kernels, forward and backward. The loop
+    over time stays in Python and calls the compiled step, so a batch of any length uses the
+    same compiled code (no recompilation per length). The plain LSTM baseline is left as it is:
+    ``nn.LSTM`` is already a fused kernel.
+  - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
+    thousands. ``forward_backward`` is captured once per batch shape (T, B, width); the
+    graphs share one memory pool. Gradients and optimiser state live in fixed tensors that
+    every graph reads and writes in place.
+Start-up: compiling takes tens of seconds (logged); the step compiles again only for a new
+batch size (the last, partial batch of a run is run plain instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+
+from .models import NTM
+from .tasks.base import Batch
+
+log = logging.getLogger("ntm_experiments.fast")
+
+NATS_PER_BIT = math.log(2.0)
+
+
+def use_fast_path(setting, model: torch.nn.Module, device: torch.device, sequences_to_train: int,
+                  min_sequences_cpu: int) -> bool:
+    """Whether a run uses FastStep: ``train.fast_path`` true/false, or auto: always on CUDA;
+    on the CPU for NTM models when the run trains at least ``min_sequences_cpu`` sequences,
+    so that the compilation (tens of seconds) pays for itself."""
+    if setting in (True, "true", "True"):
+        return True
+    if setting in (False, "false", "False"):
+        return False
+    if device.type == "cuda":
+        return True
+    return isinstance(model, NTM) and sequences_to_train >= min_sequences_cpu
+
+
+def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """The global 2-norm of the gradients, measured only (no clipping), without a host sync."""
+    return torch.nn.utils.clip_grad_norm_(params, float("inf"))
+
+
+class PlainStep:
+    """Eager PyTorch: the reference the fast path is tested against."""
+
+    fast = False
+
+    def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor]):
+        self.model, self.task, self.optimizer, self.params = model, task, optimizer, params
+
+    def loss_and_cost(self, batch: Batch, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch.inputs) if forward is None else forward(batch.inputs)
+        cost = self.task.cost(logits, batch)  # (B,) bits per sequence
+        # objective: the batch mean of each sequence's summed cross-entropy, in nats
+        return cost.mean() * NATS_PER_BIT, cost
+
+    def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the batch's loss into ``p.grad``; returns (cost (B,) bits, grad norm)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, cost = self.loss_and_cost(batch)
+        loss.backward()
+        return cost.detach(), _grad_norm(self.params)
+
+    def update(self, clip_value: float) -> None:
+        torch.nn.utils.clip_grad_value_(self.params, clip_value)  # element-wise, §4.6
+        self.optimizer.step()
+
+    def optimizer_reloaded(self) -> None:
+        """Called after ``optimizer.load_state_dict`` (a restore): nothing to redo here."""
+
+
+class FastStep(PlainStep):
+    """Compiled time step (NTM models) and, on CUDA, both halves replayed as CUDA graphs."""
+
+    fast = True
+    compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for NTM.step
+
+    def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device):
+        super().__init__(model, task, optimizer, params)
+        self.device = device
+        self.graphs = device.type == "cuda"
+        self.forward = None
+        if isinstance(model, NTM):
+            # one compiled entry per model shape: a process that builds several models (a benchmark,
+            # the tests) must not hit dynamo's default limit of 8 entries for NTM.step
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            step = torch.compile(model.step, **self.compile_options)
+            self.forward = lambda inputs: model(inputs, step=step)
+        self.batch_size: int | None = None  # the batch size the step was compiled/captured for
+        self.startup_seconds = 0.0           # compilation and capture, summed
+        if self.graphs:
+            for p in params:  # fixed gradient tensors that every graph accumulates into
+                p.grad = torch.zeros_like(p)
+            optimizer.init_state()
+            self.pool = torch.cuda.graph_pool_handle()
+            self.captured: dict[tuple, tuple] = {}  # batch shape -> (graph, static batch, cost, norm)
+            self.update_graph: torch.cuda.CUDAGraph | None = None
+            self.update_clip: float | None = None
+
+    # -- one forward/backward, as captured ----------------------------------------------------
+    def _forward_backward_body(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in self.params:
+            p.grad.zero_()
+        loss, cost = self.loss_and_cost(batch, self.forward)
+        loss.backward()
+        return cost.detach(), _grad_norm(self.params)
+
+    def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size is None:
+            self.batch_size = batch.batch_size
+        if batch.batch_size != self.batch_size:  # the last, partial batch: not worth a recompilation
+            if self.graphs:
+                self.optimizer.zero_grad(set_to_none=False)
+                loss, cost = self.loss_and_cost(batch)
+                loss.backward()
+                return cost.detach(), _grad_norm(self.params)
+            return super().forward_backward(batch)
+        if not self.graphs:
+            start = time.perf_counter() if self.startup_seconds == 0.0 else None
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, cost = self.loss_and_cost(batch, self.forward)
+            loss.backward()
+            if start is not None:
+                self.startup_seconds = time.perf_counter() - start
+                log.info("fast path: time step compiled in %.1f s", self.startup_seconds)
+            return cost.detach(), _grad_norm(self.params)
+        key = tuple(batch.inputs.shape)
+        if key not in self.captured:
+            self.captured[key] = self._capture(batch)
+        graph, static, cost, norm = self.captured[key]
+        for buffer, tensor in zip(static, batch):
+            buffer.copy_(tensor, non_blocking=True)
+        graph.replay()
+        return cost, norm
+
+    def _capture(self, batch: Batch):
+        start = time.perf_counter()
+        static = Batch(*(t.to(self.device).clone() for t in batch))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: compilation, library handles, allocator
+            for _ in range(2):
+                self._forward_backward_body(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            cost, norm = self._forward_backward_body(static)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        self.startup_seconds += seconds
+        log.info("fast path: step for batch shape %s compiled and captured in %.1f s", key_text(batch), seconds)
+        return graph, static, cost, norm
+
+    def update(self, clip_value: float) -> None:
+        if not self.graphs:
+            return super().update(clip_value)
+        if self.update_graph is None or self.update_clip != clip_value:
+            self.update_graph, self.update_clip = self._capture_update(clip_value), clip_value
+        self.update_graph.replay()
+
+    def _capture_update(self, clip_value: float) -> torch.cuda.CUDAGraph:
+        # Captured without a warm-up run (a run would change the weights): the optimiser's
+        # state exists already (init_state) and its foreach kernels need no library handles.
+        self.optimizer.init_state()
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, pool=self.pool):
+            PlainStep.update(self, clip_value)
+        return graph
+
+    def optimizer_reloaded(self) -> None:
+        """``optimizer.load_state_dict`` made new state tensors: the update graph must be recaptured."""
+        self.update_graph = None
+
+
+def key_text(batch: Batch) -> str:
+    return "x".join(str(n) for n in batch.inputs.shape)
+
+
+def make_train_step(fast: bool, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor],
+                    device: torch.device) -> PlainStep:
+    return FastStep(model, task, optimizer, params, device) if fast else PlainStep(model, task, optimizer, params)

@@ -1,0 +1,237 @@
+"""Training speed of the plain eager path against the fast path, side by side, in one run.
+
+    python scripts/bench.py                                  # CPU here, or the GPU when there is one
+    python scripts/bench.py --device cuda --batch-sizes 32 512 2048 --json bench.json
+
+For each batch size and each path, it trains for a fixed number of steps exactly as
+ntm-train does (draw a batch on the CPU, copy it to the device, forward, backward, check
+it is finite, clip, RMSProp) and prints sequences/s and ms/step, with the ratio to eager.
+
+Paths (ntm_experiments/fast.py):
+  eager     PlainStep: eager PyTorch, what train.fast_path=false runs
+  compiled  the NTM time step compiled with torch.compile, no CUDA graphs (CUDA only: on the
+            CPU this is the fast path itself)
+  fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: the compiled step and,
+            on CUDA, each half of the training step replayed as a CUDA graph
+Start-up (compiling, capturing) is timed apart and reported. On CUDA the peak memory of each
+run is reported; a batch that does not fit is reported as out of memory, and the next is tried.
+The task defaults to copy at a fixed length (Table 2's NTM-LSTM row, length 20: 42 time steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from ntm_experiments.config import config_dir  # noqa: E402
+from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
+from ntm_experiments.models import NTM, make_model  # noqa: E402
+from ntm_experiments.optim import GravesRMSprop  # noqa: E402
+from ntm_experiments.tasks import make_task  # noqa: E402
+
+
+def build(task_name: str, model_name: str, overrides: list[str], device: torch.device):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task_name}", f"model={model_name}", *overrides])
+    task = make_task(cfg.task)
+    torch.manual_seed(0)
+    model = make_model(cfg.model, task.input_width, task.output_width).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = GravesRMSprop(params, lr=cfg.train.lr, decay=cfg.train.decay, momentum=cfg.train.momentum, eps=cfg.train.eps)
+    return cfg, task, model, params, opt
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_steps(stepper, task, batch_size: int, setting: dict, steps: int, generator, device, clip: float) -> int:
+    """``steps`` training steps as ntm-train runs them; returns the steps that were finite."""
+    applied = 0
+    ahead = task.sample(batch_size, generator, **setting).to(device)
+    for _ in range(steps):
+        batch = ahead
+        cost, norm = stepper.forward_backward(batch)
+        ahead = task.sample(batch_size, generator, **setting).to(device)  # drawn while the GPU works
+        if bool(torch.isfinite(cost.sum()) & torch.isfinite(norm)):
+            stepper.update(clip)
+            applied += 1
+    return applied
+
+
+def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
+    torch._dynamo.reset()  # every row compiles for itself: start-up is measured per path
+    cfg, task, model, params, opt = build(args.task, args.model, args.override, device)
+    if path == "eager":
+        stepper = PlainStep(model, task, opt, params)
+    else:
+        stepper = FastStep(model, task, opt, params, device)
+        if path == "compiled":
+            stepper.graphs = False  # the compiled step alone, launched kernel by kernel
+            for p in params:
+                p.grad = None
+    setting = {args.length_key: args.length} if args.length_key else {}
+    generator = torch.Generator().manual_seed(0)
+    row = {"path": path, "batch_size": batch_size, "device": device.type, "task": args.task, "model": args.model}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        start = time.perf_counter()
+        train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
+        synchronize(device)
+        row["startup_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        applied = train_steps(stepper, task, batch_size, setting, args.steps, generator, device, cfg.train.clip_value)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    except torch.OutOfMemoryError:
+        row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
+        return row
+    finally:
+        if device.type == "cuda":
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            del stepper, model, opt, params
+            torch.cuda.empty_cache()
+    row.update(ms_per_step=1000 * seconds / args.steps, sequences_per_s=args.steps * batch_size / seconds,
+               finite_steps=applied, steps=args.steps)
+    return row
+
+
+def profile(args, batch_size: int, device: torch.device) -> str:
+    """Where a training step's time goes: the compiled step run kernel by kernel (no graphs)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg, task, model, params, opt = build(args.task, args.model, args.override, device)
+    stepper = FastStep(model, task, opt, params, device)
+    stepper.graphs = False
+    setting = {args.length_key: args.length} if args.length_key else {}
+    generator = torch.Generator().manual_seed(0)
+    train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        train_steps(stepper, task, batch_size, setting, args.steps, generator, device, cfg.train.clip_value)
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    if device.type == "cuda":
+        kernels = [e for e in events if e.device_type.name == "CUDA"]
+        total = sum(e.self_device_time_total for e in kernels)
+        launches = sum(e.count for e in kernels)
+        head = (f"# {launches / args.steps:.0f} kernels per training step, {total / 1000 / args.steps:.2f} ms of "
+                f"kernel time per step (batch {batch_size})\n")
+    else:
+        head = ""
+    return head + events.table(sort_by=key, row_limit=30, max_name_column_width=70)
+
+
+def table(rows: list[dict], paths: list[str]) -> str:
+    by = {(r["batch_size"], r["path"]): r for r in rows}
+    head = "| batch | " + " | ".join(f"{p} seq/s | {p} ms/step" for p in paths) + " | " + \
+        " | ".join(f"{p} / eager" for p in paths if p != "eager") + " | start-up s | peak GiB |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for batch_size in sorted({r["batch_size"] for r in rows}):
+        cells, ratios = [], []
+        eager = by.get((batch_size, "eager"), {}).get("sequences_per_s")
+        for p in paths:
+            r = by.get((batch_size, p), {})
+            cells += [f"{r['sequences_per_s']:,.0f}", f"{r['ms_per_step']:.2f}"] if "sequences_per_s" in r else ["OOM" if "error" in r else "-", "-"]
+            if p != "eager":
+                ok = eager and "sequences_per_s" in r
+                ratios.append(f"{r['sequences_per_s'] / eager:.2f}x" if ok else "-")
+        fast = by.get((batch_size, paths[-1]), {})
+        startup = fast.get("startup_s")
+        peak = max((by.get((batch_size, p), {}).get("peak_memory_gib", math.nan) for p in paths), default=math.nan)
+        lines.append(f"| {batch_size} | " + " | ".join(cells) + " | " + " | ".join(ratios) +
+                     f" | {startup:.1f} | " + ("-" if math.isnan(peak) else f"{peak:.2f}") + " |"
+                     if startup is not None else f"| {batch_size} | " + " | ".join(cells) + " | " +
+                     " | ".join(ratios) + " | - | - |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: cuda when present)")
+    parser.add_argument("--task", default="copy")
+    parser.add_argument("--model", default="ntm_lstm")
+    parser.add_argument("--length-key", default="length", help="the task's size keyword to pin ('' for none)")
+    parser.add_argument("--length", type=int, default=20, help="value of --length-key (copy: 20, 42 time steps)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
+                        help="default: 1 16 on the CPU, 32 128 512 2048 on CUDA")
+    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "fast"],
+                        help="default: eager fast on the CPU, eager compiled fast on CUDA")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per row")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, capture)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. model.memory_rows=64")
+    parser.add_argument("--profile", type=int, default=0, metavar="BATCH",
+                        help="instead of the table: the compiled step's kernels at this batch size, by device time")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="let torch.compile use its on-disk caches (default: off, so start-up is a first run's)")
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="torch._inductor.config settings to try, e.g. decompose_mem_bound_mm=True")
+    parser.add_argument("--compile-mode", default=None, help="torch.compile mode for the step, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--tf32", action="store_true", help="float32 matrix products in TF32 (changes the arithmetic)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
+    if args.steps <= 0 or args.warmup <= 0:
+        parser.error(f"--steps {args.steps} --warmup {args.warmup}: both must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import torch._inductor.config as inductor_config
+    inductor_config.force_disable_caches = not args.warm_cache
+    if args.compile_mode:
+        FastStep.compile_options = {**FastStep.compile_options, "mode": args.compile_mode}
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")
+    for setting in args.inductor:
+        key, _, value = setting.partition("=")
+        if not hasattr(inductor_config, key):
+            parser.error(f"--inductor {setting}: torch._inductor.config has no setting {key!r}")
+        setattr(inductor_config, key, {"True": True, "False": False}.get(value, value))
+    batch_sizes = args.batch_sizes or ([1, 16] if device.type == "cpu" else [32, 128, 512, 2048])
+    if any(b <= 0 for b in batch_sizes):
+        parser.error(f"--batch-sizes {batch_sizes}: must be positive")
+    paths = args.paths or (["eager", "fast"] if device.type == "cpu" else ["eager", "compiled", "fast"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
+          f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
+          f"{args.steps} timed steps after {args.warmup} warm-up steps", flush=True)
+    if args.profile:
+        print(profile(args, args.profile, device))
+        return 0
+    rows = []
+    for batch_size in batch_sizes:
+        for path in paths:
+            row = measure(path, args, batch_size, device)
+            rows.append(row)
+            detail = row.get("error") or (f"{row['sequences_per_s']:,.0f} seq/s, {row['ms_per_step']:.2f} ms/step, "
+                                          f"start-up {row['startup_s']:.1f} s")
+            print(f"batch {batch_size:>5} {path:>8}: {detail}", file=sys.stderr, flush=True)
+    print(table(rows, paths))
+    if args.json:
+        meta = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The fast path (train.fast_path) computes the same function as the plain eager path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from conftest import MODELS, TASKS, compose_config, scalars
+from ntm_experiments.config import ConfigError, validate
+from ntm_experiments.fast import FastStep, PlainStep, use_fast_path
+from ntm_experiments.models import NTM, make_model
+from ntm_experiments.optim import GravesRMSprop
+from ntm_experiments.tasks import make_task
+from ntm_experiments.train import COST_TAG, train
+
+# the pair's own structure (controller kind, heads, shift range, task widths) at a small size,
+# so compiling each of the 15 pairs stays quick
+SMALL = {"ntm_ff": ["model.controller_size=24", "model.memory_rows=16", "model.memory_width=6"],
+         "ntm_lstm": ["model.controller_size=24", "model.memory_rows=16", "model.memory_width=6"],
+         "lstm": ["model.hidden_size=24"]}
+
+
+def build(task_name: str, model_name: str, seed: int = 0):
+    cfg = compose_config(f"task={task_name}", f"model={model_name}", *SMALL[model_name])
+    task = make_task(cfg.task)
+    torch.manual_seed(seed)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return cfg, task, model, params
+
+
+def gradients(stepper, batch):
+    cost, norm = stepper.forward_backward(batch)
+    return cost, norm, [p.grad.clone() for p in stepper.params]
+
+
+def assert_close_to_float32_rounding(fast: torch.Tensor, plain: torch.Tensor, what: str) -> None:
+    scale = plain.abs().max().clamp_min(1e-3)
+    error = (fast - plain).abs().max() / scale
+    assert error < 2e-4, f"{what}: largest difference {error:.2e} of the largest value"
+
+
+@pytest.mark.parametrize("model_name", MODELS)
+@pytest.mark.parametrize("task_name", TASKS)
+def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name):
+    cfg, task, model, params = build(task_name, model_name)
+    opt = GravesRMSprop(params)
+    plain, fast = PlainStep(model, task, opt, params), FastStep(model, task, opt, params, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):  # two batches of different lengths (where the task varies them), same compiled step
+        batch = task.sample(4, generator)
+        cost_p, norm_p, grads_p = gradients(plain, batch)
+        cost_f, norm_f, grads_f = gradients(fast, batch)
+        assert_close_to_float32_rounding(cost_f, cost_p, "cost")
+        assert_close_to_float32_rounding(norm_f, norm_p, "gradient norm")
+        for (name, _), g_f, g_p in zip(model.named_parameters(), grads_f, grads_p):
+            assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
+    assert fast.forward is not None if isinstance(model, NTM) else fast.forward is None
+
+
+def test_fast_path_compiles_the_step_once_for_every_sequence_length():
+    _, task, model, params = build("copy", "ntm_lstm")
+    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(2)
+    torch._dynamo.reset()  # forget what earlier tests compiled for this shape
+    counters.clear()
+    fast.forward_backward(task.sample(4, generator, length=3))
+    compiled_once = counters["stats"]["unique_graphs"]
+    assert compiled_once >= 1
+    for length in (1, 7, 12):  # T = 2 length + 2 changes; the compiled time step does not
+        fast.forward_backward(task.sample(4, generator, length=length))
+    assert counters["stats"]["unique_graphs"] == compiled_once
+    # a smaller last batch is run plain, not recompiled
+    cost, _ = fast.forward_backward(task.sample(3, generator))
+    assert cost.shape == (3,) and counters["stats"]["unique_graphs"] == compiled_once
+
+
+def test_auto_turns_the_fast_path_on_for_long_ntm_runs_and_on_cuda():
+    _, _, ntm, _ = build("copy", "ntm_lstm")
+    _, _, lstm, _ = build("copy", "lstm")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_fast_path("auto", ntm, cpu, 50_000, 20_000)
+    assert not use_fast_path("auto", ntm, cpu, 10_000, 20_000)  # compiling would not pay back
+    assert not use_fast_path("auto", lstm, cpu, 50_000, 20_000)  # nn.LSTM is fused already
+    assert use_fast_path("auto", lstm, cuda, 100, 20_000)
+    assert not use_fast_path("false", ntm, cuda, 10**6, 20_000)
+    assert use_fast_path("true", lstm, cpu, 10, 20_000)
+
+
+def test_bad_fast_path_value_is_refused():
+    cfg = compose_config("train.fast_path=sometimes")
+    with pytest.raises(ConfigError, match="train.fast_path=sometimes: must be one of auto, true, false"):
+        validate(cfg)
+
+
+@pytest.mark.slow
+def test_fast_training_run_gives_the_plain_runs_curve(tmp_path):
+    common = ["task=copy", "model=ntm_lstm", *SMALL["ntm_lstm"], "train.total_sequences=200", "train.batch_size=8",
+              "train.log_every=40", "train.checkpoint_every=200", "eval.every=200", "eval.sequences=4",
+              "eval.pictures=false", "progress=false"]
+    curves = {}
+    for setting in ("true", "false"):
+        cfg = compose_config(*common, f"train.fast_path={setting}")
+        train(cfg, tmp_path / setting)
+        curves[setting] = scalars(tmp_path / setting, COST_TAG)
+    steps = [s for s, _ in curves["false"]]
+    assert [s for s, _ in curves["true"]] == steps == [40, 80, 120, 160, 200]
+    for (_, fast), (_, plain) in zip(curves["true"], curves["false"]):
+        assert fast == pytest.approx(plain, rel=1e-3)  # float32 rounding, compounded over 25 updates
