@@ -51,7 +51,18 @@ def check_resumable(saved: dict, cfg: DictConfig) -> None:
 def train(cfg: DictConfig, run_dir: Path) -> float:
     """Train as ``cfg`` says, writing everything under ``run_dir``; returns ``cfg.objective``:
     the final training cost (bits per sequence, averaged over the last logging interval) or
-    the best evaluation cost (the lowest, over the run's evaluations, of the suite's mean cost)."""
+    the best evaluation cost (the lowest, over the run's evaluations, of the suite's mean cost).
+    Running out of device memory is a RunError naming the batch size."""
+    try:
+        return _train(cfg, run_dir)
+    except torch.OutOfMemoryError as error:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise RunError(f"out of memory on {resolve_device(str(cfg.device))} at train.batch_size={cfg.train.batch_size}: "
+                       "try a smaller train.batch_size (or a smaller model, or fewer parallel jobs per GPU)") from error
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
     validate(cfg)
     device = torch.device(resolve_device(str(cfg.device)))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -125,7 +125,8 @@ def test_unwritable_output_folder_gives_one_line(workdir):
     assert len(lines) == 1 and lines[0].startswith("ntm-train: error: cannot write") and "not_a_folder" in lines[0]
 
 
-def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast_path", ["false", "true"])
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch, fast_path):
     """Fault injection: three batches carry a NaN; those steps are skipped, the run goes on."""
     poisoned = {2, 3, 6}
 
@@ -145,7 +146,7 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
             return getattr(self.task, name)
 
     monkeypatch.setattr(train_module, "make_task", lambda cfg: Poisoned(make_task(cfg)))
-    cost = train(_tiny("train.max_bad_steps=3"), tmp_path)
+    cost = train(_tiny("train.max_bad_steps=3", f"train.fast_path={fast_path}"), tmp_path)
     assert math.isfinite(cost)
     assert [v for _, v in scalars(tmp_path, "train/skipped_steps")] == [1, 2, 3]
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
@@ -190,3 +191,24 @@ def test_lengths_beyond_the_memory_warn_that_generalisation_cannot_be_exact(work
     assert any("copy training: up to 20 vectors to store in 16 memory rows" in line for line in warned)
     assert any("copy length_40: up to 40 vectors" in line and "cannot be exact" in line for line in warned)
     assert not any("length_8:" in line for line in warned)
+
+
+def test_out_of_memory_names_the_batch_size_and_suggests_a_smaller_one(tmp_path, monkeypatch):
+    """Fault injection: the third training step runs out of device memory."""
+    real = train_module.make_train_step
+
+    def failing(*args, **kwargs):
+        stepper, calls = real(*args, **kwargs), []
+        forward_backward = stepper.forward_backward
+
+        def third_fails(batch):
+            calls.append(1)
+            if len(calls) == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return forward_backward(batch)
+        stepper.forward_backward = third_fails
+        return stepper
+
+    monkeypatch.setattr(train_module, "make_train_step", failing)
+    with pytest.raises(RunError, match=r"^out of memory on cpu at train.batch_size=8: try a smaller train.batch_size"):
+        train(_tiny(), tmp_path)
