@@ -79,6 +79,12 @@ def run_cli(entry: Callable[[], object], prog: str) -> None:
             raise
         print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)
+    except ValueError as error:  # Hydra's own command-line check, e.g. -m together with --cfg
+        if user_wants_full_error or not str(error).startswith("Only one of --run"):
+            raise
+        print(f"{prog}: error: {error}: -m/--multirun cannot be combined with --cfg, --info or --run "
+              "(--cfg job without -m prints one job's config)", file=sys.stderr)
+        sys.exit(2)
     except OSError as error:  # e.g. an output folder that cannot be created or written
         if user_wants_full_error:
             raise

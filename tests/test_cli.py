@@ -151,3 +151,13 @@ def test_regular_install_finds_its_configs_from_any_directory(tmp_path, workdir)
                      exe=str(target / "bin" / "ntm-train"), env=env)
     assert result.returncode == 0, result.stderr
     assert "read_heads: 5" in result.stdout and "controller_layers: 2" in result.stdout
+
+
+def test_multirun_with_cfg_is_one_line_not_a_traceback(workdir):
+    result = run_cli(["-m", "--cfg", "job", "model=ntm_ff,lstm"], cwd=workdir)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("ntm-train: error: Only one of --run, --multirun, --cfg")
+    assert "--cfg job without -m" in lines[0]
+    assert not (workdir / "outputs").exists()
