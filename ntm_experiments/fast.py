@@ -41,10 +41,9 @@ def use_fast_path(setting, model: torch.nn.Module, device: torch.device, sequenc
     """Whether a run uses FastStep: ``train.fast_path`` true/false, or auto: always on CUDA;
     on the CPU for NTM models when the run trains at least ``min_sequences_cpu`` sequences,
     so that the compilation (tens of seconds) pays for itself."""
-    if setting in (True, "true", "True"):
-        return True
-    if setting in (False, "false", "False"):
-        return False
+    setting = str(setting).lower()  # Hydra reads true/false as booleans
+    if setting in ("true", "false"):
+        return setting == "true"
     if device.type == "cuda":
         return True
     return isinstance(model, NTM) and sequences_to_train >= min_sequences_cpu
@@ -58,23 +57,27 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 class PlainStep:
     """Eager PyTorch: the reference the fast path is tested against."""
 
-    fast = False
-
     def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor]):
         self.model, self.task, self.optimizer, self.params = model, task, optimizer, params
 
-    def loss_and_cost(self, batch: Batch, forward=None) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(batch.inputs) if forward is None else forward(batch.inputs)
-        cost = self.task.cost(logits, batch)  # (B,) bits per sequence
+    def _forward_backward(self, batch: Batch, forward=None, keep_grad_tensors: bool = False):
+        """Gradients of the batch's loss into ``p.grad``, computed with ``forward`` (default: the
+        model itself); returns (cost (B,) bits, grad norm). ``keep_grad_tensors`` zeroes the
+        existing gradient tensors in place, which CUDA graphs read at fixed addresses, instead
+        of dropping them."""
+        if keep_grad_tensors:
+            for p in self.params:
+                p.grad.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        cost = self.task.cost((forward or self.model)(batch.inputs), batch)  # (B,) bits per sequence
         # objective: the batch mean of each sequence's summed cross-entropy, in nats
-        return cost.mean() * NATS_PER_BIT, cost
+        (cost.mean() * NATS_PER_BIT).backward()
+        return cost.detach(), _grad_norm(self.params)
 
     def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's loss into ``p.grad``; returns (cost (B,) bits, grad norm)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, cost = self.loss_and_cost(batch)
-        loss.backward()
-        return cost.detach(), _grad_norm(self.params)
+        return self._forward_backward(batch)
 
     def update(self, clip_value: float) -> None:
         torch.nn.utils.clip_grad_value_(self.params, clip_value)  # element-wise, §4.6
@@ -85,15 +88,16 @@ class PlainStep:
 
 
 class FastStep(PlainStep):
-    """Compiled time step (NTM models) and, on CUDA, both halves replayed as CUDA graphs."""
+    """Compiled time step (NTM models) and, with ``graphs`` (default: on CUDA), both halves
+    replayed as CUDA graphs."""
 
-    fast = True
     compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for NTM.step
 
-    def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device):
+    def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device,
+                 graphs: bool | None = None):
         super().__init__(model, task, optimizer, params)
         self.device = device
-        self.graphs = device.type == "cuda"
+        self.graphs = device.type == "cuda" if graphs is None else graphs
         self.forward = None
         if isinstance(model, NTM):
             # one compiled entry per model shape: a process that builds several models (a benchmark,
@@ -102,7 +106,6 @@ class FastStep(PlainStep):
             step = torch.compile(model.step, **self.compile_options)
             self.forward = lambda inputs: model(inputs, step=step)
         self.batch_size: int | None = None  # the batch size the step was compiled/captured for
-        self.startup_seconds = 0.0           # compilation and capture, summed
         if self.graphs:
             for p in params:  # fixed gradient tensors that every graph accumulates into
                 p.grad = torch.zeros_like(p)
@@ -112,33 +115,20 @@ class FastStep(PlainStep):
             self.update_graph: torch.cuda.CUDAGraph | None = None
             self.update_clip: float | None = None
 
-    # -- one forward/backward, as captured ----------------------------------------------------
-    def _forward_backward_body(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        for p in self.params:
-            p.grad.zero_()
-        loss, cost = self.loss_and_cost(batch, self.forward)
-        loss.backward()
-        return cost.detach(), _grad_norm(self.params)
-
     def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.batch_size is None:
+        first = self.batch_size is None
+        if first:
             self.batch_size = batch.batch_size
-        if batch.batch_size != self.batch_size:  # the last, partial batch: not worth a recompilation
-            if self.graphs:
-                self.optimizer.zero_grad(set_to_none=False)
-                loss, cost = self.loss_and_cost(batch)
-                loss.backward()
-                return cost.detach(), _grad_norm(self.params)
-            return super().forward_backward(batch)
-        if not self.graphs:
-            start = time.perf_counter() if self.startup_seconds == 0.0 else None
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, cost = self.loss_and_cost(batch, self.forward)
-            loss.backward()
-            if start is not None:
-                self.startup_seconds = time.perf_counter() - start
-                log.info("fast path: time step compiled in %.1f s", self.startup_seconds)
-            return cost.detach(), _grad_norm(self.params)
+        full = batch.batch_size == self.batch_size  # the last, partial batch runs plain: not worth a recompilation
+        if self.graphs and full:
+            return self._replay(batch)
+        start = time.perf_counter()
+        result = self._forward_backward(batch, self.forward if full else None, keep_grad_tensors=self.graphs)
+        if first and self.forward is not None:
+            log.info("fast path: time step compiled in %.1f s", time.perf_counter() - start)
+        return result
+
+    def _replay(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         key = tuple(batch.inputs.shape)
         if key not in self.captured:
             self.captured[key] = self._capture(batch)
@@ -155,15 +145,14 @@ class FastStep(PlainStep):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: compilation, library handles, allocator
             for _ in range(2):
-                self._forward_backward_body(static)
+                self._forward_backward(static, self.forward, keep_grad_tensors=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            cost, norm = self._forward_backward_body(static)
+            cost, norm = self._forward_backward(static, self.forward, keep_grad_tensors=True)
         torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        self.startup_seconds += seconds
-        log.info("fast path: step for batch shape %s compiled and captured in %.1f s", key_text(batch), seconds)
+        log.info("fast path: step for batch shape %s compiled and captured in %.1f s",
+                 "x".join(map(str, batch.inputs.shape)), time.perf_counter() - start)
         return graph, static, cost, norm
 
     def update(self, clip_value: float) -> None:
@@ -186,10 +175,6 @@ class FastStep(PlainStep):
     def optimizer_reloaded(self) -> None:
         """``optimizer.load_state_dict`` made new state tensors: the update graph must be recaptured."""
         self.update_graph = None
-
-
-def key_text(batch: Batch) -> str:
-    return "x".join(str(n) for n in batch.inputs.shape)
 
 
 def make_train_step(fast: bool, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor],

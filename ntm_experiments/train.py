@@ -134,7 +134,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                            "the previous checkpoint is kept") from error
 
     total, batch_size = cfg.train.total_sequences, cfg.train.batch_size
-    fast = use_fast_path(str(cfg.train.fast_path).lower(), model, device, total - seen, cfg.train.fast_path_min_sequences)
+    fast = use_fast_path(cfg.train.fast_path, model, device, total - seen, cfg.train.fast_path_min_sequences)
     stepper = make_train_step(fast, model, task, opt, params, device)
     log.info("training step: %s on %s", "fast path (compiled" + (", CUDA graphs)" if device.type == "cuda" else ")")
              if fast else "plain eager", device)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -77,11 +76,8 @@ def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
     if path == "eager":
         stepper = PlainStep(model, task, opt, params)
     else:
-        stepper = FastStep(model, task, opt, params, device)
-        if path == "compiled":
-            stepper.graphs = False  # the compiled step alone, launched kernel by kernel
-            for p in params:
-                p.grad = None
+        # compiled: the compiled step alone, launched kernel by kernel
+        stepper = FastStep(model, task, opt, params, device, graphs=False if path == "compiled" else None)
     setting = {args.length_key: args.length} if args.length_key else {}
     generator = torch.Generator().manual_seed(0)
     row = {"path": path, "batch_size": batch_size, "device": device.type, "task": args.task, "model": args.model}
@@ -115,8 +111,7 @@ def profile(args, batch_size: int, device: torch.device) -> str:
     from torch.profiler import profile as torch_profile
 
     cfg, task, model, params, opt = build(args.task, args.model, args.override, device)
-    stepper = FastStep(model, task, opt, params, device)
-    stepper.graphs = False
+    stepper = FastStep(model, task, opt, params, device, graphs=False)
     setting = {args.length_key: args.length} if args.length_key else {}
     generator = torch.Generator().manual_seed(0)
     train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
@@ -140,25 +135,24 @@ def profile(args, batch_size: int, device: torch.device) -> str:
 
 def table(rows: list[dict], paths: list[str]) -> str:
     by = {(r["batch_size"], r["path"]): r for r in rows}
-    head = "| batch | " + " | ".join(f"{p} seq/s | {p} ms/step" for p in paths) + " | " + \
-        " | ".join(f"{p} / eager" for p in paths if p != "eager") + " | start-up s | peak GiB |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    ratio_paths = [p for p in paths if p != "eager"]
+    head = ["batch", *(f"{p} {unit}" for p in paths for unit in ("seq/s", "ms/step")),
+            *(f"{p} / eager" for p in ratio_paths), "start-up s", "peak GiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for batch_size in sorted({r["batch_size"] for r in rows}):
-        cells, ratios = [], []
-        eager = by.get((batch_size, "eager"), {}).get("sequences_per_s")
-        for p in paths:
-            r = by.get((batch_size, p), {})
-            cells += [f"{r['sequences_per_s']:,.0f}", f"{r['ms_per_step']:.2f}"] if "sequences_per_s" in r else ["OOM" if "error" in r else "-", "-"]
-            if p != "eager":
-                ok = eager and "sequences_per_s" in r
-                ratios.append(f"{r['sequences_per_s'] / eager:.2f}x" if ok else "-")
-        fast = by.get((batch_size, paths[-1]), {})
-        startup = fast.get("startup_s")
-        peak = max((by.get((batch_size, p), {}).get("peak_memory_gib", math.nan) for p in paths), default=math.nan)
-        lines.append(f"| {batch_size} | " + " | ".join(cells) + " | " + " | ".join(ratios) +
-                     f" | {startup:.1f} | " + ("-" if math.isnan(peak) else f"{peak:.2f}") + " |"
-                     if startup is not None else f"| {batch_size} | " + " | ".join(cells) + " | " +
-                     " | ".join(ratios) + " | - | - |")
+        runs = {p: by.get((batch_size, p), {}) for p in paths}
+        eager = runs.get("eager", {}).get("sequences_per_s")
+        cells = [str(batch_size)]
+        for r in runs.values():
+            cells += ([f"{r['sequences_per_s']:,.0f}", f"{r['ms_per_step']:.2f}"] if "sequences_per_s" in r
+                      else ["OOM" if "error" in r else "-", "-"])
+        for p in ratio_paths:
+            speed = runs[p].get("sequences_per_s")
+            cells.append(f"{speed / eager:.2f}x" if eager and speed else "-")
+        startup = runs[paths[-1]].get("startup_s")
+        peaks = [r["peak_memory_gib"] for r in runs.values() if "peak_memory_gib" in r]
+        cells += ["-" if startup is None else f"{startup:.1f}", f"{max(peaks):.2f}" if peaks else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
