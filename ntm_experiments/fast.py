@@ -7,11 +7,15 @@ finite (train.max_bad_steps) without ever applying it:
   update(clip_value)                                            (clip, RMSProp)
 
 PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap to launch:
-  - NTM models: the time step (``NTM.step``: controller, heads, addressing, read, write) is
-    compiled with ``torch.compile`` into a few fused kernels, forward and backward. The loop
-    over time stays in Python and calls the compiled step, so a batch of any length uses the
-    same compiled code (no recompilation per length). The plain LSTM baseline is left as it is:
-    ``nn.LSTM`` is already a fused kernel.
+  - NTM models: the time step is compiled with ``torch.compile`` into a few fused kernels,
+    forward and backward. The loop over time stays in Python and calls the compiled code, so
+    a batch of any length uses the same compiled code (no recompilation per length). Two
+    cores (``core``):
+      "sequence" (the CPU's default): models/ntm_sequence.py, the input and output layers
+        hoisted out of the loop, a compiled forward loop without autograd and a compiled
+        reverse loop, each weight's gradient one GEMM over the sequence;
+      "step" (CUDA's default): ``NTM.step`` compiled, autograd recording every time step.
+    The plain LSTM baseline is left as it is: ``nn.LSTM`` is already a fused kernel.
   - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
     thousands. ``forward_backward`` is captured once per batch shape (T, B, width); the
     graphs share one memory pool. Gradients and optimiser state live in fixed tensors that
@@ -29,6 +33,7 @@ import time
 import torch
 
 from .models import NTM
+from .models.ntm_sequence import SequenceNTM
 from .tasks.base import Batch
 
 log = logging.getLogger("ntm_experiments.fast")
@@ -93,13 +98,22 @@ class FastStep(PlainStep):
 
     compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for NTM.step
 
+    cores = ("step", "sequence")
+
     def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device,
-                 graphs: bool | None = None):
+                 graphs: bool | None = None, core: str | None = None):
         super().__init__(model, task, optimizer, params)
         self.device = device
         self.graphs = device.type == "cuda" if graphs is None else graphs
         self.forward = None
-        if isinstance(model, NTM):
+        if core is None:
+            core = "step" if device.type == "cuda" else "sequence"
+        if core not in self.cores:
+            raise ValueError(f"core={core!r}: must be one of {', '.join(self.cores)}")
+        self.core = core
+        if isinstance(model, NTM) and core == "sequence":
+            self.forward = SequenceNTM(model)
+        elif isinstance(model, NTM):
             # one compiled entry per model shape: a process that builds several models (a benchmark,
             # the tests) must not hit dynamo's default limit of 8 entries for NTM.step
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)

@@ -9,10 +9,12 @@ it is finite, clip, RMSProp) and prints sequences/s and ms/step, with the ratio 
 
 Paths (ntm_experiments/fast.py):
   eager     PlainStep: eager PyTorch, what train.fast_path=false runs
-  compiled  the NTM time step compiled with torch.compile, no CUDA graphs (CUDA only: on the
-            CPU this is the fast path itself)
-  fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: the compiled step and,
-            on CUDA, each half of the training step replayed as a CUDA graph
+  compiled  the NTM time step compiled with torch.compile, autograd per time step, no CUDA graphs
+  sequence  the sequence core (models/ntm_sequence.py): compiled forward and backward loops with
+            the weight gradients as one GEMM each, no CUDA graphs
+  fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: on the CPU the sequence
+            core; on CUDA the compiled time step (or --core sequence) with each half of the
+            training step replayed as a CUDA graph
 Start-up (compiling, capturing) is timed apart and reported. On CUDA the peak memory of each
 run is reported; a batch that does not fit is reported as out of memory, and the next is tried.
 The task defaults to copy at a fixed length (Table 2's NTM-LSTM row, length 20: 42 time steps).
@@ -76,8 +78,10 @@ def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
     if path == "eager":
         stepper = PlainStep(model, task, opt, params)
     else:
-        # compiled: the compiled step alone, launched kernel by kernel
-        stepper = FastStep(model, task, opt, params, device, graphs=False if path == "compiled" else None)
+        # compiled, sequence: that core alone, launched kernel by kernel
+        options = {"fast": {"core": args.core}, "compiled": {"graphs": False, "core": "step"},
+                   "sequence": {"graphs": False, "core": "sequence"}}[path]
+        stepper = FastStep(model, task, opt, params, device, **options)
     setting = {args.length_key: args.length} if args.length_key else {}
     generator = torch.Generator().manual_seed(0)
     row = {"path": path, "batch_size": batch_size, "device": device.type, "task": args.task, "model": args.model}
@@ -111,7 +115,7 @@ def profile(args, batch_size: int, device: torch.device) -> str:
     from torch.profiler import profile as torch_profile
 
     cfg, task, model, params, opt = build(args.task, args.model, args.override, device)
-    stepper = FastStep(model, task, opt, params, device, graphs=False)
+    stepper = FastStep(model, task, opt, params, device, graphs=False, core=args.core)
     setting = {args.length_key: args.length} if args.length_key else {}
     generator = torch.Generator().manual_seed(0)
     train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
@@ -166,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=20, help="value of --length-key (copy: 20, 42 time steps)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default: 1 16 on the CPU, 32 128 512 2048 on CUDA")
-    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "fast"],
-                        help="default: eager fast on the CPU, eager compiled fast on CUDA")
+    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "fast"],
+                        help="default: eager compiled fast")
+    parser.add_argument("--core", default=None, choices=FastStep.cores,
+                        help="the fast path's core (default: sequence on the CPU, step on CUDA)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, capture)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -204,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = args.batch_sizes or ([1, 16] if device.type == "cpu" else [32, 128, 512, 2048])
     if any(b <= 0 for b in batch_sizes):
         parser.error(f"--batch-sizes {batch_sizes}: must be positive")
-    paths = args.paths or (["eager", "fast"] if device.type == "cpu" else ["eager", "compiled", "fast"])
+    paths = args.paths or ["eager", "compiled", "fast"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
           f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "

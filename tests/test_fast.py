@@ -10,6 +10,7 @@ from conftest import MODELS, TASKS, compose_config, scalars
 from ntm_experiments.config import ConfigError, validate
 from ntm_experiments.fast import FastStep, PlainStep, use_fast_path
 from ntm_experiments.models import NTM, make_model
+from ntm_experiments.models.ntm_sequence import SequenceNTM
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import make_task
 from ntm_experiments.train import COST_TAG, train
@@ -57,6 +58,63 @@ def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name)
         for (name, _), g_f, g_p in zip(model.named_parameters(), grads_f, grads_p):
             assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
     assert fast.forward is not None if isinstance(model, NTM) else fast.forward is None
+
+
+@pytest.mark.parametrize("task_name, model_name", [("repeat_copy", "ntm_lstm"), ("priority_sort", "ntm_ff")])
+def test_the_per_step_core_that_cuda_uses_also_agrees_with_plain(task_name, model_name):
+    cfg, task, model, params = build(task_name, model_name)
+    opt = GravesRMSprop(params)
+    plain = PlainStep(model, task, opt, params)
+    fast = FastStep(model, task, opt, params, torch.device("cpu"), core="step")
+    batch = task.sample(4, torch.Generator().manual_seed(1))
+    cost_p, norm_p, grads_p = gradients(plain, batch)
+    cost_f, norm_f, grads_f = gradients(fast, batch)
+    assert_close_to_float32_rounding(cost_f, cost_p, "cost")
+    assert_close_to_float32_rounding(norm_f, norm_p, "gradient norm")
+    for (name, _), g_f, g_p in zip(model.named_parameters(), grads_f, grads_p):
+        assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
+
+
+VARIANTS = {  # structures no paper row has, so the sequence core's bookkeeping is tested on them too
+    "lstm, 2 layers, 2 heads each": ["model=ntm_lstm", "model.controller_layers=2", "model.read_heads=2",
+                                     "model.write_heads=2"],
+    "ff, 3 layers, 1 read 3 write heads": ["model=ntm_ff", "model.controller_layers=3", "model.write_heads=3"],
+    "lstm, constant memory, shift 0": ["model=ntm_lstm", "model.memory_init=constant", "model.shift_range=0"],
+    "ff, 2 read 1 write heads, shift 2": ["model=ntm_ff", "model.read_heads=2", "model.shift_range=2"],
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_sequence_core_is_exactly_the_models_function_in_float64(variant):
+    """Uncompiled and in float64, the sequence core's hand-arranged backward (hoisted layers,
+    reverse loop, weight gradients as one GEMM) gives NTM.forward's outputs and gradients to
+    1e-10, so any bookkeeping error shows up far above rounding."""
+    cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
+    task = make_task(cfg.task)
+    torch.manual_seed(0)
+    model = make_model(cfg.model, task.input_width, task.output_width).double()
+    inputs = task.sample(3, torch.Generator().manual_seed(1), length=4).inputs.double()
+    weights = torch.randn(inputs.shape[0], 3, task.output_width, dtype=torch.float64)  # a generic cotangent
+
+    def outputs_and_gradients(forward):
+        model.zero_grad(set_to_none=True)
+        logits = forward(inputs)
+        (logits * weights).sum().backward()
+        return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    logits_p, grads_p = outputs_and_gradients(model)
+    logits_s, grads_s = outputs_and_gradients(SequenceNTM(model, compile=False))
+    torch.testing.assert_close(logits_s, logits_p, rtol=0, atol=1e-10)
+    assert grads_s.keys() == grads_p.keys()
+    for name in grads_p:
+        assert grads_s[name] is not None, f"no gradient reached {name}"
+        torch.testing.assert_close(grads_s[name], grads_p[name], rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_unknown_core_is_refused():
+    _, task, model, params = build("copy", "ntm_lstm")
+    with pytest.raises(ValueError, match="core='loop': must be one of step, sequence"):
+        FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"), core="loop")
 
 
 def test_fast_path_compiles_the_step_once_for_every_sequence_length():

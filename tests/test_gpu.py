@@ -28,7 +28,7 @@ def test_device_auto_trains_on_the_gpu(tmp_path):
     assert next(iter(saved["model"].values())).is_cuda
 
 
-def _fast_and_plain(task_name: str, model_name: str):
+def _fast_and_plain(task_name: str, model_name: str, core: str | None = None):
     """Two identical models on the GPU, one trained by PlainStep, one by FastStep (CUDA graphs)."""
     from ntm_experiments.fast import FastStep, PlainStep
     from ntm_experiments.models import make_model
@@ -44,13 +44,14 @@ def _fast_and_plain(task_name: str, model_name: str):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = GravesRMSprop(params, lr=cfg.train.lr)
         steppers.append(kind(model, task, opt, params) if kind is PlainStep else
-                        kind(model, task, opt, params, torch.device("cuda")))
+                        kind(model, task, opt, params, torch.device("cuda"), core=core))
     return task, steppers
 
 
-@pytest.mark.parametrize("model_name", ["ntm_lstm", "ntm_ff", "lstm"])
-def test_fast_path_with_cuda_graphs_trains_like_the_plain_path(model_name):
-    task, (plain, fast) = _fast_and_plain("copy", model_name)
+@pytest.mark.parametrize("model_name, core", [("ntm_lstm", None), ("ntm_ff", None), ("lstm", None),
+                                              ("ntm_lstm", "sequence"), ("ntm_ff", "sequence")])
+def test_fast_path_with_cuda_graphs_trains_like_the_plain_path(model_name, core):
+    task, (plain, fast) = _fast_and_plain("copy", model_name, core)
     generator = torch.Generator().manual_seed(3)
     for length in (5, 9, 5, 9, 5):  # two captured shapes, each replayed with new data
         batch = task.sample(8, generator, length=length).to("cuda")

@@ -125,7 +125,15 @@ class NTM(nn.Module):
         """x (B, I) -> logits (B, O), next state, add vectors (B, W, M)."""
         B = x.shape[0]
         hidden, ctrl_state = self.controller(torch.cat([x, state.reads.reshape(B, -1)], dim=-1), state.controller)
-        params = self.heads(hidden)
+        reads, read_w, write_w, memory, add = self.memory_step(self.heads(hidden), state)
+        logits = self.output(torch.cat([hidden, reads.reshape(B, -1)], dim=-1))
+        return logits, NTMState(ctrl_state, reads, read_w, write_w, memory), add
+
+    def memory_step(self, params: torch.Tensor, state: NTMState):
+        """Steps 2-3 of a time step: the heads' linear outputs params (B, P) and the previous
+        state -> reads (B, R, M), read weights (B, R, N), write weights (B, W, N), the new
+        memory (B, N, M) and the add vectors (B, W, M)."""
+        B = params.shape[0]
         H = self.R + self.W
         addr = params[:, : H * self.address_size].view(B, H, self.address_size)
         key, beta, gate, shifts, gamma = addr.split([self.M, 1, 1, self.K, 1], dim=-1)
@@ -136,8 +144,7 @@ class NTM(nn.Module):
         reads = addressing.read(state.memory, read_w)  # (B, R, M)
         erase, add = params[:, H * self.address_size:].view(B, self.W, 2 * self.M).split(self.M, dim=-1)
         memory = addressing.write(state.memory, write_w, torch.sigmoid(erase), add)
-        logits = self.output(torch.cat([hidden, reads.reshape(B, -1)], dim=-1))
-        return logits, NTMState(ctrl_state, reads, read_w, write_w, memory), add
+        return reads, read_w, write_w, memory, add
 
     def forward(self, inputs: torch.Tensor, trace: bool = False, step=None):
         """inputs (T, B, I) -> logits (T, B, O); with trace=True also a Trace.
