@@ -6,6 +6,8 @@
 For each batch size and each path, it trains for a fixed number of steps exactly as
 ntm-train does (draw a batch on the CPU, copy it to the device, forward, backward, check
 it is finite, clip, RMSProp) and prints sequences/s and ms/step, with the ratio to eager.
+Each row is timed in --repeats chunks of --steps steps and reports the median chunk, so a
+stall of a shared machine during one chunk does not move the figure.
 
 Paths (ntm_experiments/fast.py):
   eager     PlainStep: eager PyTorch, what train.fast_path=false runs
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -92,10 +95,14 @@ def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
         train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
         synchronize(device)
         row["startup_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        applied = train_steps(stepper, task, batch_size, setting, args.steps, generator, device, cfg.train.clip_value)
-        synchronize(device)
-        seconds = time.perf_counter() - start
+        chunks, applied = [], 0
+        for _ in range(args.repeats):  # the median chunk: a stall of the machine does not move it
+            start = time.perf_counter()
+            applied += train_steps(stepper, task, batch_size, setting, args.steps, generator, device,
+                                   cfg.train.clip_value)
+            synchronize(device)
+            chunks.append(time.perf_counter() - start)
+        seconds = statistics.median(chunks)
     except torch.OutOfMemoryError:
         row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
         return row
@@ -105,7 +112,8 @@ def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
             del stepper, model, opt, params
             torch.cuda.empty_cache()
     row.update(ms_per_step=1000 * seconds / args.steps, sequences_per_s=args.steps * batch_size / seconds,
-               finite_steps=applied, steps=args.steps)
+               finite_steps=applied, steps=args.steps * args.repeats,
+               ms_per_step_chunks=[1000 * c / args.steps for c in chunks])
     return row
 
 
@@ -174,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: eager compiled fast")
     parser.add_argument("--core", default=None, choices=FastStep.cores,
                         help="the fast path's core (default: sequence on the CPU, step on CUDA)")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps per row")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per chunk")
+    parser.add_argument("--repeats", type=int, default=5, help="timed chunks per row; the row reports the median")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, capture)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. model.memory_rows=64")
@@ -192,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
-    if args.steps <= 0 or args.warmup <= 0:
-        parser.error(f"--steps {args.steps} --warmup {args.warmup}: both must be >= 1")
+    if min(args.steps, args.warmup, args.repeats) <= 0:
+        parser.error(f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}: all must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
@@ -214,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
           f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
-          f"{args.steps} timed steps after {args.warmup} warm-up steps", flush=True)
+          f"the median of {args.repeats} chunks of {args.steps} timed steps, after {args.warmup} warm-up steps",
+          flush=True)
     if args.profile:
         print(profile(args, args.profile, device))
         return 0

@@ -49,7 +49,12 @@ class SequenceNTM:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.model = model
         self.lstm = isinstance(model.controller, LSTMController)
-        wrap = (lambda f: torch.compile(f, **self.compile_options)) if compile else (lambda f: f)
+        options = dict(self.compile_options)
+        if next(model.parameters()).device.type == "cpu":
+            # the compiled code's glue (allocations, library calls) in C++ instead of Python: on
+            # the 2-core CPU, 9.6 against 14-15 ms per batch-1 training step (scripts/bench.py)
+            options["options"] = {"cpp_wrapper": True}
+        wrap = (lambda f: torch.compile(f, **options)) if compile else (lambda f: f)
         self.core_forward = wrap(self._core_forward)
         self.core_backward = wrap(self._core_backward)
 
@@ -110,11 +115,13 @@ class SequenceNTM:
         hidden, state, _ = self._core(x_projection, state, linears)
         return hidden, _contiguous(state)  # every step then sees the first step's layout: no recompilation
 
-    def _core_backward(self, x_projection, state: NTMState, linears, d_hidden, d_next):
+    def _core_backward(self, x_projection, state: NTMState, linears, d_hidden, d_reads, d_next):
         """The vector-Jacobian product of one time step: the cotangents of its outputs
-        (d_hidden (B, C), d_next for the next state) -> (d x_projection, d previous state,
-        [d output of each linear layer] (B, out), [input of each linear layer] (B, in))."""
+        (d_hidden (B, C) and d_reads (B, R M) from the output layer, d_next from the next
+        step) -> (d x_projection, d previous state, [d output of each linear layer] (B, out),
+        [input of each linear layer] (B, in))."""
         B = x_projection.shape[0]
+        d_next = d_next._replace(reads=d_next.reads + d_reads.view_as(d_next.reads))
         probes = [x_projection.new_zeros(B, weight.shape[0]) for weight, _ in linears]
 
         def step(x_projection, state, probes):
@@ -131,7 +138,7 @@ class SequenceNTM:
         x_weight, x_bias, linears = self.weights(I)
         x_projection = F.linear(inputs, x_weight, x_bias)  # (T, B, G): one GEMM for every time step
         state = model.initial_state(B)
-        flat_state = [t.contiguous() for t in _flatten(state)]  # every step sees the same layout
+        flat_state = _flatten(state)
         flat_linears = [t for pair in linears for t in pair]
         hidden, reads = _Recurrence.apply(self, len(flat_state), x_projection, *flat_state, *flat_linears)
         return model.output(torch.cat([hidden, reads], dim=-1))  # (T, B, C + R M) -> (T, B, O), one GEMM
@@ -144,7 +151,8 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, core: SequenceNTM, n_state: int, x_projection, *tensors):
         tensors = [None if t is None else t.detach() for t in tensors]  # no autograd inside: same guards every call
-        state = _unflatten(tensors[:n_state])
+        # the initial state in the layout the compiled step returns (an expanded batch of 1 has stride 0)
+        state = _unflatten([torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t) for t in tensors[:n_state]])
         flat_linears = tensors[n_state:]
         linears = list(zip(flat_linears[0::2], flat_linears[1::2]))
         states, hiddens = [state], []
@@ -166,9 +174,8 @@ class _Recurrence(torch.autograd.Function):
         d_x_projection = torch.empty_like(x_projection)
         d_outputs, layer_inputs = [[] for _ in linears], [[] for _ in linears]
         for t in range(T - 1, -1, -1):
-            d_next = d_state._replace(reads=d_state.reads + d_reads[t].view_as(d_state.reads))
             d_x_projection[t], d_state, d_outs, ins = core.core_backward(x_projection[t], states[t], linears,
-                                                                         d_hidden[t], d_next)
+                                                                         d_hidden[t], d_reads[t], d_state)
             for k in range(len(linears)):
                 d_outputs[k].append(d_outs[k])
                 layer_inputs[k].append(ins[k])
