@@ -1,0 +1,30 @@
+"""scripts/bench.py runs as a script and writes the rows it prints (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_writes_a_median_row_per_batch_and_path(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--device", "cpu", "--paths", "eager",
+                             "--batch-sizes", "2", "3", "--steps", "1", "--repeats", "3", "--warmup", "1",
+                             "--length", "2", "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch_size"], r["path"]) for r in rows] == [(2, "eager"), (3, "eager")]
+    for row in rows:
+        assert len(row["ms_per_step_chunks"]) == 3 and row["steps"] == 3
+        assert sorted(row["ms_per_step_chunks"])[1] == row["ms_per_step"]  # the median chunk
+    assert "| 2 |" in result.stdout and "| 3 |" in result.stdout
+
+
+def test_bench_refuses_zero_repeats():
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--device", "cpu", "--repeats", "0"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--repeats 0" in result.stderr and "Traceback" not in result.stderr
