@@ -96,7 +96,7 @@ class FastStep(PlainStep):
     """Compiled time step (NTM models) and, with ``graphs`` (default: on CUDA), both halves
     replayed as CUDA graphs."""
 
-    compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for NTM.step
+    compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for the compiled core
 
     cores = ("step", "sequence")
 
@@ -111,12 +111,13 @@ class FastStep(PlainStep):
         if core not in self.cores:
             raise ValueError(f"core={core!r}: must be one of {', '.join(self.cores)}")
         self.core = core
-        if isinstance(model, NTM) and core == "sequence":
-            self.forward = SequenceNTM(model)
-        elif isinstance(model, NTM):
+        if isinstance(model, NTM):
             # one compiled entry per model shape: a process that builds several models (a benchmark,
-            # the tests) must not hit dynamo's default limit of 8 entries for NTM.step
+            # the tests) must not hit dynamo's default limit of 8 entries per compiled function
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if isinstance(model, NTM) and core == "sequence":
+            self.forward = SequenceNTM(model, self.compile_options)
+        elif isinstance(model, NTM):
             step = torch.compile(model.step, **self.compile_options)
             self.forward = lambda inputs: model(inputs, step=step)
         self.batch_size: int | None = None  # the batch size the step was compiled/captured for

@@ -42,6 +42,16 @@ def assert_close_to_float32_rounding(fast: torch.Tensor, plain: torch.Tensor, wh
     assert error < 2e-4, f"{what}: largest difference {error:.2e} of the largest value"
 
 
+def assert_steps_agree(plain: PlainStep, fast: FastStep, batch) -> None:
+    """Both steps' cost, gradient norm and every parameter's gradient on one batch."""
+    cost_p, norm_p, grads_p = gradients(plain, batch)
+    cost_f, norm_f, grads_f = gradients(fast, batch)
+    assert_close_to_float32_rounding(cost_f, cost_p, "cost")
+    assert_close_to_float32_rounding(norm_f, norm_p, "gradient norm")
+    for (name, _), g_f, g_p in zip(plain.model.named_parameters(), grads_f, grads_p):
+        assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
+
+
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("task_name", TASKS)
 def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name):
@@ -51,12 +61,7 @@ def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name)
     generator = torch.Generator().manual_seed(1)
     for _ in range(2):  # two batches of different lengths (where the task varies them), same compiled step
         batch = task.sample(4, generator)
-        cost_p, norm_p, grads_p = gradients(plain, batch)
-        cost_f, norm_f, grads_f = gradients(fast, batch)
-        assert_close_to_float32_rounding(cost_f, cost_p, "cost")
-        assert_close_to_float32_rounding(norm_f, norm_p, "gradient norm")
-        for (name, _), g_f, g_p in zip(model.named_parameters(), grads_f, grads_p):
-            assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
+        assert_steps_agree(plain, fast, batch)
     assert fast.forward is not None if isinstance(model, NTM) else fast.forward is None
 
 
@@ -66,13 +71,7 @@ def test_the_per_step_core_that_cuda_uses_also_agrees_with_plain(task_name, mode
     opt = GravesRMSprop(params)
     plain = PlainStep(model, task, opt, params)
     fast = FastStep(model, task, opt, params, torch.device("cpu"), core="step")
-    batch = task.sample(4, torch.Generator().manual_seed(1))
-    cost_p, norm_p, grads_p = gradients(plain, batch)
-    cost_f, norm_f, grads_f = gradients(fast, batch)
-    assert_close_to_float32_rounding(cost_f, cost_p, "cost")
-    assert_close_to_float32_rounding(norm_f, norm_p, "gradient norm")
-    for (name, _), g_f, g_p in zip(model.named_parameters(), grads_f, grads_p):
-        assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
+    assert_steps_agree(plain, fast, task.sample(4, torch.Generator().manual_seed(1)))
 
 
 VARIANTS = {  # structures no paper row has, so the sequence core's bookkeeping is tested on them too
@@ -103,7 +102,7 @@ def test_sequence_core_is_exactly_the_models_function_in_float64(variant):
         return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     logits_p, grads_p = outputs_and_gradients(model)
-    logits_s, grads_s = outputs_and_gradients(SequenceNTM(model, compile=False))
+    logits_s, grads_s = outputs_and_gradients(SequenceNTM(model))
     torch.testing.assert_close(logits_s, logits_p, rtol=0, atol=1e-10)
     assert grads_s.keys() == grads_p.keys()
     for name in grads_p:

@@ -41,22 +41,21 @@ def _contiguous(state: NTMState) -> NTMState:
 class SequenceNTM:
     """``SequenceNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
 
-    compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for both loops' bodies
-
-    def __init__(self, model: NTM, compile: bool = True):
-        # one compiled entry per model shape: a process that builds several models (a benchmark,
-        # the tests) must not hit dynamo's default limit of 8 entries per function
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    def __init__(self, model: NTM, compile_options: dict | None = None):
+        """``compile_options``: torch.compile's keywords for both loops' bodies (ntm_experiments.fast
+        passes FastStep.compile_options); None runs them eagerly."""
         self.model = model
         self.lstm = isinstance(model.controller, LSTMController)
-        options = dict(self.compile_options)
-        if next(model.parameters()).device.type == "cpu":
-            # the compiled code's glue (allocations, library calls) in C++ instead of Python: on
-            # the 2-core CPU, 9.6 against 14-15 ms per batch-1 training step (scripts/bench.py)
-            options["options"] = {"cpp_wrapper": True}
-        wrap = (lambda f: torch.compile(f, **options)) if compile else (lambda f: f)
-        self.core_forward = wrap(self._core_forward)
-        self.core_backward = wrap(self._core_backward)
+        self.core_forward, self.core_backward = self._core_forward, self._core_backward
+        if compile_options is not None:
+            options = dict(compile_options)
+            # the compiled code's glue (allocations, library calls) in C++ instead of Python: on the
+            # 2-core CPU, 9.6-11.2 against 12.9 ms per batch-1 training step (scripts/bench.py);
+            # torch.compile refuses a mode (bench.py --compile-mode) together with options
+            if next(model.parameters()).device.type == "cpu" and "mode" not in options:
+                options["options"] = {"cpp_wrapper": True}
+            self.core_forward = torch.compile(self._core_forward, **options)
+            self.core_backward = torch.compile(self._core_backward, **options)
 
     def weights(self, input_size: int):
         """(x weight (G, I), x bias (G,), [(weight, bias or None)] of every linear layer inside
