@@ -7,13 +7,14 @@ finite (train.max_bad_steps) without ever applying it:
   update(clip_value)                                            (clip, RMSProp)
 
 PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap to launch:
-  - NTM models: the time step is compiled with ``torch.compile`` into a few fused kernels,
-    forward and backward. The loop over time stays in Python and calls the compiled code, so
-    a batch of any length uses the same compiled code (no recompilation per length). Two
-    cores (``core``):
-      "sequence" (the CPU's default): models/ntm_sequence.py, the input and output layers
-        hoisted out of the loop, a compiled forward loop without autograd and a compiled
-        reverse loop, each weight's gradient one GEMM over the sequence;
+  - NTM models run one of three cores (``core``); each takes a batch of any length without
+    recompiling:
+      "native" (the CPU's default): models/ntm_native.py, the whole recurrence as one
+        hand-written C++ call forward and one backward (csrc/ntm_cpu.cpp), the input and
+        output layers and every weight's gradient one GEMM over the sequence; if it cannot be
+        built here, the run says why and uses "sequence";
+      "sequence": models/ntm_sequence.py, the same arrangement with the time step compiled by
+        ``torch.compile``: a compiled forward loop without autograd and a compiled reverse loop;
       "step" (CUDA's default): ``NTM.step`` compiled, autograd recording every time step.
     The plain LSTM baseline is left as it is: ``nn.LSTM`` is already a fused kernel.
   - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
@@ -33,6 +34,7 @@ import time
 import torch
 
 from .models import NTM
+from .models.ntm_native import NativeNTM, NativeUnavailable
 from .models.ntm_sequence import SequenceNTM
 from .tasks.base import Batch
 
@@ -80,6 +82,24 @@ class PlainStep:
         (cost.mean() * NATS_PER_BIT).backward()
         return cost.detach(), _grad_norm(self.params)
 
+    def _ntm_forward(self, model: NTM, core: str):
+        """(the core's forward, the core used): "native" falls back to "sequence" where it cannot run."""
+        if core == "native":
+            try:
+                native = NativeNTM(model)
+                log.info("fast path: native CPU core (built or loaded in %.1f s)", native.extension.build_seconds)
+                return native, core
+            except NativeUnavailable as why:
+                log.warning("fast path: %s; using the compiled sequence core instead", why)
+                core = "sequence"
+        # one compiled entry per model shape: a process that builds several models (a benchmark,
+        # the tests) must not hit dynamo's default limit of 8 entries per compiled function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if core == "sequence":
+            return SequenceNTM(model, self.compile_options), core
+        step = torch.compile(model.step, **self.compile_options)
+        return (lambda inputs: model(inputs, step=step)), core
+
     def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's loss into ``p.grad``; returns (cost (B,) bits, grad norm)."""
         return self._forward_backward(batch)
@@ -98,28 +118,21 @@ class FastStep(PlainStep):
 
     compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for the compiled core
 
-    cores = ("step", "sequence")
+    cores = ("native", "sequence", "step")
 
     def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device,
                  graphs: bool | None = None, core: str | None = None):
         super().__init__(model, task, optimizer, params)
         self.device = device
         self.graphs = device.type == "cuda" if graphs is None else graphs
-        self.forward = None
         if core is None:
-            core = "step" if device.type == "cuda" else "sequence"
+            core = "step" if device.type == "cuda" else "native"
         if core not in self.cores:
             raise ValueError(f"core={core!r}: must be one of {', '.join(self.cores)}")
-        self.core = core
+        self.forward = None  # the model's forward on inputs (T, B, I); None: the model itself
+        self.core = None     # the NTM core in use; None for the LSTM baseline
         if isinstance(model, NTM):
-            # one compiled entry per model shape: a process that builds several models (a benchmark,
-            # the tests) must not hit dynamo's default limit of 8 entries per compiled function
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        if isinstance(model, NTM) and core == "sequence":
-            self.forward = SequenceNTM(model, self.compile_options)
-        elif isinstance(model, NTM):
-            step = torch.compile(model.step, **self.compile_options)
-            self.forward = lambda inputs: model(inputs, step=step)
+            self.forward, self.core = self._ntm_forward(model, core)
         self.batch_size: int | None = None  # the batch size the step was compiled/captured for
         if self.graphs:
             for p in params:  # fixed gradient tensors that every graph accumulates into
@@ -134,12 +147,14 @@ class FastStep(PlainStep):
         first = self.batch_size is None
         if first:
             self.batch_size = batch.batch_size
-        full = batch.batch_size == self.batch_size  # the last, partial batch runs plain: not worth a recompilation
+        # the last, partial batch of a run goes plain, not worth a recompilation (the native core
+        # compiles nothing per shape and takes it too)
+        full = batch.batch_size == self.batch_size or self.core == "native"
         if self.graphs and full:
             return self._replay(batch)
         start = time.perf_counter()
         result = self._forward_backward(batch, self.forward if full else None, keep_grad_tensors=self.graphs)
-        if first and self.forward is not None:
+        if first and self.core in ("sequence", "step"):
             log.info("fast path: time step compiled in %.1f s", time.perf_counter() - start)
         return result
 

@@ -7,16 +7,18 @@ For each batch size and each path, it trains for a fixed number of steps exactly
 ntm-train does (draw a batch on the CPU, copy it to the device, forward, backward, check
 it is finite, clip, RMSProp) and prints sequences/s and ms/step, with the ratio to eager.
 Each row is timed in --repeats chunks of --steps steps and reports the median chunk, so a
-stall of a shared machine during one chunk does not move the figure.
+stall of a shared machine during one chunk does not move the figure; the paths' chunks are
+taken in turn, so a machine that slows down for a while slows every path alike.
 
 Paths (ntm_experiments/fast.py):
   eager     PlainStep: eager PyTorch, what train.fast_path=false runs
   compiled  the NTM time step compiled with torch.compile, autograd per time step, no CUDA graphs
   sequence  the sequence core (models/ntm_sequence.py): compiled forward and backward loops with
             the weight gradients as one GEMM each, no CUDA graphs
-  fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: on the CPU the sequence
-            core; on CUDA the compiled time step (or --core sequence) with each half of the
-            training step replayed as a CUDA graph
+  native    the native C++ core (models/ntm_native.py, csrc/ntm_cpu.cpp), CPU only
+  fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: on the CPU the native
+            core; on CUDA the compiled time step (or --core ...) with each half of the training
+            step replayed as a CUDA graph
 Start-up (compiling, capturing) is timed apart and reported. On CUDA the peak memory of each
 run is reported; a batch that does not fit is reported as out of memory, and the next is tried.
 The task defaults to copy at a fixed length (Table 2's NTM-LSTM row, length 20: 42 time steps).
@@ -75,46 +77,81 @@ def train_steps(stepper, task, batch_size: int, setting: dict, steps: int, gener
     return applied
 
 
-def measure(path: str, args, batch_size: int, device: torch.device) -> dict:
-    torch._dynamo.reset()  # every row compiles for itself: start-up is measured per path
-    cfg, task, model, params, opt = build(args.task, args.model, args.override, device)
-    if path == "eager":
-        stepper = PlainStep(model, task, opt, params)
-    else:
-        # compiled, sequence: that core alone, launched kernel by kernel
-        options = {"fast": {"core": args.core}, "compiled": {"graphs": False, "core": "step"},
-                   "sequence": {"graphs": False, "core": "sequence"}}[path]
-        stepper = FastStep(model, task, opt, params, device, **options)
-    setting = {args.length_key: args.length} if args.length_key else {}
-    generator = torch.Generator().manual_seed(0)
-    row = {"path": path, "batch_size": batch_size, "device": device.type, "task": args.task, "model": args.model}
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
+PATH_OPTIONS = {  # FastStep's keywords per path; eager is PlainStep
+    "compiled": {"graphs": False, "core": "step"},
+    "sequence": {"graphs": False, "core": "sequence"},
+    "native": {"graphs": False, "core": "native"},
+}
+
+
+class Run:
+    """One path at one batch size: its own model, optimiser and data stream, built from the same seeds."""
+
+    def __init__(self, path: str, args, batch_size: int, device: torch.device):
+        cfg, self.task, model, params, opt = build(args.task, args.model, args.override, device)
+        if path == "eager":
+            self.stepper = PlainStep(model, self.task, opt, params)
+        else:
+            options = PATH_OPTIONS.get(path, {"core": args.core})  # fast: FastStep as ntm-train runs it
+            self.stepper = FastStep(model, self.task, opt, params, device, **options)
+        self.setting = {args.length_key: args.length} if args.length_key else {}
+        self.generator = torch.Generator().manual_seed(0)
+        self.batch_size, self.device, self.clip = batch_size, device, cfg.train.clip_value
+        self.row = {"path": path, "batch_size": batch_size, "device": device.type, "task": args.task,
+                    "model": args.model}
+        core = getattr(self.stepper, "core", None)
+        if core:
+            self.row["core"] = core
+        self.chunks: list[float] = []
+        self.applied = 0
+
+    def steps(self, count: int) -> float:
+        """Seconds for ``count`` training steps, the device synchronised at the end."""
         start = time.perf_counter()
-        train_steps(stepper, task, batch_size, setting, args.warmup, generator, device, cfg.train.clip_value)
-        synchronize(device)
-        row["startup_s"] = time.perf_counter() - start
-        chunks, applied = [], 0
-        for _ in range(args.repeats):  # the median chunk: a stall of the machine does not move it
-            start = time.perf_counter()
-            applied += train_steps(stepper, task, batch_size, setting, args.steps, generator, device,
-                                   cfg.train.clip_value)
-            synchronize(device)
-            chunks.append(time.perf_counter() - start)
-        seconds = statistics.median(chunks)
-    except torch.OutOfMemoryError:
-        row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
-        return row
-    finally:
-        if device.type == "cuda":
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            del stepper, model, opt, params
-            torch.cuda.empty_cache()
-    row.update(ms_per_step=1000 * seconds / args.steps, sequences_per_s=args.steps * batch_size / seconds,
-               finite_steps=applied, steps=args.steps * args.repeats,
-               ms_per_step_chunks=[1000 * c / args.steps for c in chunks])
-    return row
+        self.applied += train_steps(self.stepper, self.task, self.batch_size, self.setting, count, self.generator,
+                                    self.device, self.clip)
+        synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def measure(paths: list[str], args, batch_size: int, device: torch.device) -> list[dict]:
+    """Every path at one batch size. Each is built and warmed up (compiled, captured) in turn,
+    its start-up timed; then the timed chunks go round the paths (eager, fast, eager, fast,
+    ...), so the ratios compare chunks that ran under the same load of the machine."""
+    torch._dynamo.reset()  # every batch size compiles for itself: start-up is a cold start
+    runs = []
+    for path in paths:
+        held = 0
+        if device.type == "cuda":  # what the paths set up before this one hold is not this one's
+            torch.cuda.reset_peak_memory_stats(device)
+            held = torch.cuda.memory_allocated(device)
+        run = Run(path, args, batch_size, device)
+        runs.append(run)
+        try:
+            run.row["startup_s"] = run.steps(args.warmup)
+        except torch.OutOfMemoryError:
+            run.row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
+            run.stepper = None
+        if device.type == "cuda":  # this path's peak over its set-up and warm-up
+            run.row["peak_memory_gib"] = (torch.cuda.max_memory_allocated(device) - held) / 2**30
+    timed = [run for run in runs if "error" not in run.row]
+    for _ in range(args.repeats):
+        for run in timed:
+            try:
+                run.chunks.append(run.steps(args.steps))
+            except torch.OutOfMemoryError:
+                run.row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
+        timed = [run for run in timed if "error" not in run.row]
+    for run in runs:
+        if "error" not in run.row:
+            seconds = statistics.median(run.chunks)  # the median chunk: a stall of the machine does not move it
+            run.row.update(ms_per_step=1000 * seconds / args.steps, sequences_per_s=args.steps * batch_size / seconds,
+                           finite_steps=run.applied, steps=args.steps * args.repeats,
+                           ms_per_step_chunks=[1000 * c / args.steps for c in run.chunks])
+        run.stepper = None
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return [run.row for run in runs]
 
 
 def profile(args, batch_size: int, device: torch.device) -> str:
@@ -178,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=20, help="value of --length-key (copy: 20, 42 time steps)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default: 1 16 on the CPU, 32 128 512 2048 on CUDA")
-    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "fast"],
+    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "native", "fast"],
                         help="default: eager compiled fast")
     parser.add_argument("--core", default=None, choices=FastStep.cores,
-                        help="the fast path's core (default: sequence on the CPU, step on CUDA)")
+                        help="the fast path's core (default: native on the CPU, step on CUDA)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per chunk")
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per row; the row reports the median")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, capture)")
@@ -223,19 +260,18 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
           f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
-          f"the median of {args.repeats} chunks of {args.steps} timed steps, after {args.warmup} warm-up steps",
-          flush=True)
+          f"the median of {args.repeats} chunks of {args.steps} timed steps, after {args.warmup} warm-up steps; "
+          f"the paths' chunks taken in turn", flush=True)
     if args.profile:
         print(profile(args, args.profile, device))
         return 0
     rows = []
     for batch_size in batch_sizes:
-        for path in paths:
-            row = measure(path, args, batch_size, device)
+        for row in measure(paths, args, batch_size, device):
             rows.append(row)
             detail = row.get("error") or (f"{row['sequences_per_s']:,.0f} seq/s, {row['ms_per_step']:.2f} ms/step, "
                                           f"start-up {row['startup_s']:.1f} s")
-            print(f"batch {batch_size:>5} {path:>8}: {detail}", file=sys.stderr, flush=True)
+            print(f"batch {batch_size:>5} {row['path']:>8}: {detail}", file=sys.stderr, flush=True)
     print(table(rows, paths))
     if args.json:
         meta = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}

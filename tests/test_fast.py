@@ -10,6 +10,8 @@ from conftest import MODELS, TASKS, compose_config, scalars
 from ntm_experiments.config import ConfigError, validate
 from ntm_experiments.fast import FastStep, PlainStep, use_fast_path
 from ntm_experiments.models import NTM, make_model
+from ntm_experiments.models import ntm_native
+from ntm_experiments.models.ntm_native import NativeNTM, NativeUnavailable
 from ntm_experiments.models.ntm_sequence import SequenceNTM
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import make_task
@@ -83,11 +85,13 @@ VARIANTS = {  # structures no paper row has, so the sequence core's bookkeeping 
 }
 
 
+@pytest.mark.parametrize("core", [SequenceNTM, NativeNTM], ids=["sequence", "native"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_sequence_core_is_exactly_the_models_function_in_float64(variant):
-    """Uncompiled and in float64, the sequence core's hand-arranged backward (hoisted layers,
-    reverse loop, weight gradients as one GEMM) gives NTM.forward's outputs and gradients to
-    1e-10, so any bookkeeping error shows up far above rounding."""
+def test_sequence_cores_are_exactly_the_models_function_in_float64(variant, core):
+    """In float64, the sequence core (uncompiled) and the native C++ core, with their
+    hand-arranged backwards (hoisted layers, reverse loop, weight gradients as one GEMM; the
+    native one also every equation's gradient by hand), give NTM.forward's outputs and
+    gradients to 1e-10, so any bookkeeping or calculus error shows up far above rounding."""
     cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
     task = make_task(cfg.task)
     torch.manual_seed(0)
@@ -102,7 +106,7 @@ def test_sequence_core_is_exactly_the_models_function_in_float64(variant):
         return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     logits_p, grads_p = outputs_and_gradients(model)
-    logits_s, grads_s = outputs_and_gradients(SequenceNTM(model))
+    logits_s, grads_s = outputs_and_gradients(core(model))
     torch.testing.assert_close(logits_s, logits_p, rtol=0, atol=1e-10)
     assert grads_s.keys() == grads_p.keys()
     for name in grads_p:
@@ -112,25 +116,90 @@ def test_sequence_core_is_exactly_the_models_function_in_float64(variant):
 
 def test_unknown_core_is_refused():
     _, task, model, params = build("copy", "ntm_lstm")
-    with pytest.raises(ValueError, match="core='loop': must be one of step, sequence"):
+    with pytest.raises(ValueError, match="core='loop': must be one of native, sequence, step"):
         FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"), core="loop")
 
 
-def test_fast_path_compiles_the_step_once_for_every_sequence_length():
+@pytest.mark.parametrize("core", ["sequence", "step"])
+def test_compiled_cores_compile_the_step_once_for_every_sequence_length(core):
     _, task, model, params = build("copy", "ntm_lstm")
-    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"), core=core)
     generator = torch.Generator().manual_seed(2)
     torch._dynamo.reset()  # forget what earlier tests compiled for this shape
     counters.clear()
     fast.forward_backward(task.sample(4, generator, length=3))
     compiled_once = counters["stats"]["unique_graphs"]
     assert compiled_once >= 1
-    for length in (1, 7, 12):  # T = 2 length + 2 changes; the compiled time step does not
+    for length in (1, 7, 12):  # T = 2 length + 1 changes; the compiled time step does not
         fast.forward_backward(task.sample(4, generator, length=length))
     assert counters["stats"]["unique_graphs"] == compiled_once
     # a smaller last batch is run plain, not recompiled
     cost, _ = fast.forward_backward(task.sample(3, generator))
     assert cost.shape == (3,) and counters["stats"]["unique_graphs"] == compiled_once
+
+
+def test_native_core_runs_every_length_and_batch_size_itself():
+    _, task, model, params = build("copy", "ntm_lstm")
+    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    assert fast.core == "native"
+    calls = []
+    native = fast.forward
+    fast.forward = lambda inputs: calls.append(inputs.shape) or native(inputs)
+    generator = torch.Generator().manual_seed(2)
+    shapes = []
+    for length, batch_size in ((3, 4), (12, 4), (1, 3), (7, 9)):  # the first batch size, then others
+        batch = task.sample(batch_size, generator, length=length)
+        shapes.append(batch.inputs.shape)
+        cost, norm = fast.forward_backward(batch)
+        assert cost.shape == (batch_size,) and torch.isfinite(norm)
+    assert calls == shapes and len(set(shapes)) == 4
+
+
+@pytest.mark.parametrize("task_name, model_name", [("copy", "ntm_lstm"), ("associative_recall", "ntm_ff")])
+def test_native_core_agrees_with_plain_at_the_papers_size(task_name, model_name):
+    """The paper's own rows (memory 128 x 20; 4 read/write head pairs and 256 units for
+    associative recall's NTM-FF), float32, against the plain path."""
+    cfg = compose_config(f"task={task_name}", f"model={model_name}")
+    task = make_task(cfg.task)
+    torch.manual_seed(0)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = GravesRMSprop(params)
+    fast = FastStep(model, task, opt, params, torch.device("cpu"))
+    assert fast.core == "native"
+    assert_steps_agree(PlainStep(model, task, opt, params), fast, task.sample(8, torch.Generator().manual_seed(3)))
+
+
+def test_native_core_is_deterministic():
+    _, task, model, params = build("repeat_copy", "ntm_lstm")
+    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    batch = task.sample(16, torch.Generator().manual_seed(4))
+    first, second = gradients(fast, batch), gradients(fast, batch)
+    assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
+
+
+def test_a_native_core_that_cannot_be_built_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    with pytest.raises(NativeUnavailable) as error:
+        ntm_native.load_extension(broken, name="ntm_native_broken_for_test")
+    message = str(error.value)
+    assert message.startswith("the native CPU core could not be built: ") and "\n" not in message
+
+
+def test_fast_path_falls_back_to_the_compiled_core_when_the_native_one_is_unavailable(monkeypatch, caplog):
+    def unavailable(model):
+        raise NativeUnavailable("the native CPU core could not be built: no compiler")
+
+    monkeypatch.setattr("ntm_experiments.fast.NativeNTM", unavailable)
+    _, task, model, params = build("copy", "ntm_ff")
+    opt = GravesRMSprop(params)
+    with caplog.at_level("WARNING", logger="ntm_experiments.fast"):
+        fast = FastStep(model, task, opt, params, torch.device("cpu"))
+    assert fast.core == "sequence" and isinstance(fast.forward, SequenceNTM)
+    assert "no compiler; using the compiled sequence core instead" in caplog.text
+    assert_steps_agree(PlainStep(model, task, opt, params), fast, task.sample(4, torch.Generator().manual_seed(1)))
 
 
 def test_auto_turns_the_fast_path_on_for_long_ntm_runs_and_on_cuda():

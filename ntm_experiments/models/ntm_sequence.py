@@ -38,6 +38,28 @@ def _contiguous(state: NTMState) -> NTMState:
     return _unflatten([t.contiguous() for t in _flatten(state)])
 
 
+def recurrent_weights(model: NTM, input_size: int):
+    """(x weight (G, I), x bias (G,), [(weight, bias or None)] of every linear layer inside the
+    recurrence, in the order a time step applies them), all views of the model's parameters: the
+    first controller layer's columns for the external input (hoisted out of the loop, with that
+    layer's bias) and for the recurrent part ([reads, own h] for an LSTM, reads for a
+    feedforward controller), the other controller layers, the heads."""
+    linears = []
+    if isinstance(model.controller, LSTMController):
+        cells = model.controller.cells
+        first = cells[0]
+        x_weight, x_bias = first.weight_ih[:, :input_size], first.bias_ih + first.bias_hh
+        linears.append((torch.cat([first.weight_ih[:, input_size:], first.weight_hh], dim=1), None))
+        linears += [(torch.cat([c.weight_ih, c.weight_hh], dim=1), c.bias_ih + c.bias_hh) for c in cells[1:]]
+    else:
+        layers = model.controller.layers
+        x_weight, x_bias = layers[0].weight[:, :input_size], layers[0].bias
+        linears.append((layers[0].weight[:, input_size:], None))
+        linears += [(layer.weight, layer.bias) for layer in layers[1:]]
+    linears.append((model.heads.weight, model.heads.bias))
+    return x_weight, x_bias, linears
+
+
 class SequenceNTM:
     """``SequenceNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
 
@@ -56,24 +78,6 @@ class SequenceNTM:
                 options["options"] = {"cpp_wrapper": True}
             self.core_forward = torch.compile(self._core_forward, **options)
             self.core_backward = torch.compile(self._core_backward, **options)
-
-    def weights(self, input_size: int):
-        """(x weight (G, I), x bias (G,), [(weight, bias or None)] of every linear layer inside
-        the loop, in the order ``_core`` applies them), all views of the model's parameters."""
-        model, linears = self.model, []
-        if self.lstm:
-            cells = model.controller.cells
-            first = cells[0]
-            x_weight, x_bias = first.weight_ih[:, :input_size], first.bias_ih + first.bias_hh
-            linears.append((torch.cat([first.weight_ih[:, input_size:], first.weight_hh], dim=1), None))
-            linears += [(torch.cat([c.weight_ih, c.weight_hh], dim=1), c.bias_ih + c.bias_hh) for c in cells[1:]]
-        else:
-            layers = model.controller.layers
-            x_weight, x_bias = layers[0].weight[:, :input_size], layers[0].bias
-            linears.append((layers[0].weight[:, input_size:], None))
-            linears += [(layer.weight, layer.bias) for layer in layers[1:]]
-        linears.append((model.heads.weight, model.heads.bias))
-        return x_weight, x_bias, linears
 
     def _core(self, x_projection, state: NTMState, linears, probes=None):
         """One time step without the input and output layers: x_projection (B, G), the
@@ -134,7 +138,7 @@ class SequenceNTM:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         model = self.model
         T, B, I = inputs.shape
-        x_weight, x_bias, linears = self.weights(I)
+        x_weight, x_bias, linears = recurrent_weights(model, I)
         x_projection = F.linear(inputs, x_weight, x_bias)  # (T, B, G): one GEMM for every time step
         state = model.initial_state(B)
         flat_state = _flatten(state)
