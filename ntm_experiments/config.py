@@ -140,10 +140,12 @@ class TrainConfig:
     log_every: int = 1_000
     checkpoint_every: int = 10_000
     fast_path: str = "auto"
-    fast_path_min_sequences: int = 20_000
+    fast_path_core: str = "auto"
+    fast_path_min_sequences: int = 5_000
 
 
 FAST_PATH_VALUES = ("auto", "true", "false")
+FAST_PATH_CORES = ("auto", "native", "sequence", "step", "triton")  # ntm_experiments.fast.FastStep.cores
 
 
 @dataclass
@@ -252,6 +254,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
     if str(cfg.train.fast_path).lower() not in FAST_PATH_VALUES:
         raise ConfigError(f"train.fast_path={cfg.train.fast_path}: must be one of {', '.join(FAST_PATH_VALUES)}")
+    if str(cfg.train.fast_path_core) not in FAST_PATH_CORES:
+        raise ConfigError(f"train.fast_path_core={cfg.train.fast_path_core}: must be one of {', '.join(FAST_PATH_CORES)}")
     if cfg.train.fast_path_min_sequences < 0:
         raise ConfigError(f"train.fast_path_min_sequences={cfg.train.fast_path_min_sequences}: must be >= 0")
     if cfg.train.max_restores < 0:

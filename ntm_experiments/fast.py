@@ -15,7 +15,9 @@ PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap
         built here, the run says why and uses "sequence";
       "sequence": models/ntm_sequence.py, the same arrangement with the time step compiled by
         ``torch.compile``: a compiled forward loop without autograd and a compiled reverse loop;
-      "step" (CUDA's default): ``NTM.step`` compiled, autograd recording every time step.
+      "step" (CUDA's default): ``NTM.step`` compiled, autograd recording every time step;
+      "triton": models/ntm_triton.py, the native core's arrangement on the GPU, the memory
+        step and the LSTM's pointwise work as fused Triton kernels (not yet measured on a GPU).
     The plain LSTM baseline is left as it is: ``nn.LSTM`` is already a fused kernel.
   - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
     thousands. ``forward_backward`` is captured once per batch shape (T, B, width); the
@@ -34,7 +36,8 @@ import time
 import torch
 
 from .models import NTM
-from .models.ntm_native import NativeNTM, NativeUnavailable
+from .models.ntm_native import NativeNTM
+from .models.recurrence import CoreUnavailable
 from .models.ntm_sequence import SequenceNTM
 from .tasks.base import Batch
 
@@ -82,16 +85,26 @@ class PlainStep:
         (cost.mean() * NATS_PER_BIT).backward()
         return cost.detach(), _grad_norm(self.params)
 
+    @staticmethod
+    def default_core(device: torch.device) -> str:
+        return "step" if device.type == "cuda" else "native"
+
     def _ntm_forward(self, model: NTM, core: str):
-        """(the core's forward, the core used): "native" falls back to "sequence" where it cannot run."""
-        if core == "native":
+        """(the core's forward, the core used). A core that cannot run here says why, once, and
+        the next is tried: triton -> the device's default; native -> sequence."""
+        while core in ("native", "triton"):
             try:
-                native = NativeNTM(model)
-                log.info("fast path: native CPU core (built or loaded in %.1f s)", native.extension.build_seconds)
-                return native, core
-            except NativeUnavailable as why:
-                log.warning("fast path: %s; using the compiled sequence core instead", why)
-                core = "sequence"
+                if core == "native":
+                    forward = NativeNTM(model)
+                    log.info("fast path: native CPU core (built or loaded in %.1f s)", forward.extension.build_seconds)
+                else:
+                    from .models.ntm_triton import TritonNTM  # imports triton: only when asked for
+                    forward = TritonNTM(model)
+                return forward, core
+            except CoreUnavailable as why:
+                fallback = "sequence" if core == "native" else self.default_core(self.device)
+                log.warning("fast path: %s; using the %s core instead", why, fallback)
+                core = fallback
         # one compiled entry per model shape: a process that builds several models (a benchmark,
         # the tests) must not hit dynamo's default limit of 8 entries per compiled function
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -118,7 +131,7 @@ class FastStep(PlainStep):
 
     compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for the compiled core
 
-    cores = ("native", "sequence", "step")
+    cores = ("native", "sequence", "step", "triton")
 
     def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device,
                  graphs: bool | None = None, core: str | None = None):
@@ -126,7 +139,7 @@ class FastStep(PlainStep):
         self.device = device
         self.graphs = device.type == "cuda" if graphs is None else graphs
         if core is None:
-            core = "step" if device.type == "cuda" else "native"
+            core = self.default_core(device)
         if core not in self.cores:
             raise ValueError(f"core={core!r}: must be one of {', '.join(self.cores)}")
         self.forward = None  # the model's forward on inputs (T, B, I); None: the model itself
@@ -147,9 +160,9 @@ class FastStep(PlainStep):
         first = self.batch_size is None
         if first:
             self.batch_size = batch.batch_size
-        # the last, partial batch of a run goes plain, not worth a recompilation (the native core
-        # compiles nothing per shape and takes it too)
-        full = batch.batch_size == self.batch_size or self.core == "native"
+        # the last, partial batch of a run goes plain, not worth a recompilation (the native and
+        # triton cores compile nothing per shape and take it too, unless it would need a new graph)
+        full = batch.batch_size == self.batch_size or (self.core in ("native", "triton") and not self.graphs)
         if self.graphs and full:
             return self._replay(batch)
         start = time.perf_counter()
@@ -208,5 +221,8 @@ class FastStep(PlainStep):
 
 
 def make_train_step(fast: bool, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor],
-                    device: torch.device) -> PlainStep:
-    return FastStep(model, task, optimizer, params, device) if fast else PlainStep(model, task, optimizer, params)
+                    device: torch.device, core: str | None = None) -> PlainStep:
+    """FastStep (with ``core``, None: the device's default) or PlainStep."""
+    if fast:
+        return FastStep(model, task, optimizer, params, device, core=core)
+    return PlainStep(model, task, optimizer, params)

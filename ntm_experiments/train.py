@@ -135,9 +135,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
     total, batch_size = cfg.train.total_sequences, cfg.train.batch_size
     fast = use_fast_path(cfg.train.fast_path, model, device, total - seen, cfg.train.fast_path_min_sequences)
-    stepper = make_train_step(fast, model, task, opt, params, device)
-    log.info("training step: %s on %s", "fast path (compiled" + (", CUDA graphs)" if device.type == "cuda" else ")")
-             if fast else "plain eager", device)
+    core = None if cfg.train.fast_path_core == "auto" else cfg.train.fast_path_core
+    stepper = make_train_step(fast, model, task, opt, params, device, core)
+    what = "plain eager"
+    if fast:
+        what = f"fast path ({stepper.core or 'nn.LSTM'} core{', CUDA graphs' if stepper.graphs else ''})"
+    log.info("training step: %s on %s", what, device)
     log_every, ckpt_every = cfg.train.log_every, cfg.train.checkpoint_every
     cost_sum = grad_norm_sum = 0.0
     steps_in_window = seqs_in_window = 0

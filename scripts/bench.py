@@ -16,6 +16,8 @@ Paths (ntm_experiments/fast.py):
   sequence  the sequence core (models/ntm_sequence.py): compiled forward and backward loops with
             the weight gradients as one GEMM each, no CUDA graphs
   native    the native C++ core (models/ntm_native.py, csrc/ntm_cpu.cpp), CPU only
+  triton    the fused GPU core (models/ntm_triton.py): Triton kernels for the memory step and
+            the LSTM's pointwise work, no CUDA graphs; CUDA only
   fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: on the CPU the native
             core; on CUDA the compiled time step (or --core ...) with each half of the training
             step replayed as a CUDA graph
@@ -42,7 +44,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ntm_experiments.config import config_dir  # noqa: E402
 from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
-from ntm_experiments.models import NTM, make_model  # noqa: E402
+from ntm_experiments.models import make_model  # noqa: E402
 from ntm_experiments.optim import GravesRMSprop  # noqa: E402
 from ntm_experiments.tasks import make_task  # noqa: E402
 
@@ -81,6 +83,7 @@ PATH_OPTIONS = {  # FastStep's keywords per path; eager is PlainStep
     "compiled": {"graphs": False, "core": "step"},
     "sequence": {"graphs": False, "core": "sequence"},
     "native": {"graphs": False, "core": "native"},
+    "triton": {"graphs": False, "core": "triton"},
 }
 
 
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=20, help="value of --length-key (copy: 20, 42 time steps)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default: 1 16 on the CPU, 32 128 512 2048 on CUDA")
-    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "native", "fast"],
+    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "native", "triton", "fast"],
                         help="default: eager compiled fast")
     parser.add_argument("--core", default=None, choices=FastStep.cores,
                         help="the fast path's core (default: native on the CPU, step on CUDA)")

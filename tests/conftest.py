@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ntm_experiments.config import config_dir
+
+# Without a GPU, the fused Triton core's kernels run in Triton's interpreter (tests/test_triton.py).
+# Set before anything defines them; on a machine with CUDA they are compiled for it instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TASKS = ["copy", "repeat_copy", "associative_recall", "ngrams", "priority_sort"]
 MODELS = ["ntm_ff", "ntm_lstm", "lstm"]

@@ -49,7 +49,8 @@ def _fast_and_plain(task_name: str, model_name: str, core: str | None = None):
 
 
 @pytest.mark.parametrize("model_name, core", [("ntm_lstm", None), ("ntm_ff", None), ("lstm", None),
-                                              ("ntm_lstm", "sequence"), ("ntm_ff", "sequence")])
+                                              ("ntm_lstm", "sequence"), ("ntm_ff", "sequence"),
+                                              ("ntm_lstm", "triton"), ("ntm_ff", "triton")])
 def test_fast_path_with_cuda_graphs_trains_like_the_plain_path(model_name, core):
     task, (plain, fast) = _fast_and_plain("copy", model_name, core)
     generator = torch.Generator().manual_seed(3)
@@ -66,6 +67,7 @@ def test_fast_path_with_cuda_graphs_trains_like_the_plain_path(model_name, core)
         for p_plain, p_fast in zip(plain.params, fast.params):
             torch.testing.assert_close(p_fast, p_plain, rtol=1e-4, atol=1e-6)
     assert len(fast.captured) == 2
+    assert fast.core == (core or ("step" if model_name != "lstm" else None))  # no silent fallback
 
 
 def test_fast_path_recaptures_the_update_after_a_restore():

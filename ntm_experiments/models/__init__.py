@@ -17,7 +17,7 @@ from .ntm import NTM, NTMState, Trace
 def make_model(cfg: Mapping[str, Any], input_size: int, output_size: int) -> nn.Module:
     """Build a model from its config node (``cfg.model``)."""
     settings = dict(cfg)
-    name = settings.pop("name")
+    settings.pop("name")  # the model group name; the keys left are the constructor's
     if "controller" in settings:
         return NTM(input_size, output_size, **settings)
     return StackedLSTM(input_size, output_size, **settings)

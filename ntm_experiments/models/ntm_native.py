@@ -22,18 +22,17 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .ntm import NTM, LSTMController
-from .ntm_sequence import recurrent_weights
+from .ntm import NTM
+from .recurrence import CoreUnavailable, HandwrittenCore
 
 SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "ntm_cpu.cpp"
 
 _extension = None
 
 
-class NativeUnavailable(RuntimeError):
-    """The C++ core cannot be built or does not apply; the message is one line saying why."""
+class NativeUnavailable(CoreUnavailable):
+    """The C++ core cannot be built or does not apply."""
 
 
 def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
@@ -69,58 +68,19 @@ def check_supported(model: NTM, device: torch.device) -> None:
         raise NativeUnavailable(f"the native core runs float32 and float64, not {dtype}")
 
 
-class NativeNTM:
+class NativeNTM(HandwrittenCore):
     """``NativeNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
 
     def __init__(self, model: NTM):
         check_supported(model, next(model.parameters()).device)
-        self.model = model
+        super().__init__(model)
         self.extension = load_extension()
-        self.lstm = isinstance(model.controller, LSTMController)
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+    def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         model = self.model
-        x_weight, x_bias, linears = recurrent_weights(model, inputs.shape[2])
-        x_projection = F.linear(inputs, x_weight, x_bias)  # (T, B, G): one GEMM for every time step
-        state = model.initial_state(inputs.shape[1])
-        flat_linears = [t for pair in linears for t in pair]
-        hidden, reads = _NativeRecurrence.apply(self, x_projection, *state.controller, state.reads,
-                                                state.read_weights, state.write_weights, state.memory, *flat_linears)
-        return model.output(torch.cat([hidden, reads], dim=-1))  # (T, B, C + R M) -> (T, B, O), one GEMM
+        return self.extension.forward(x_projection, controller, reads0, weights0, memory0, weights, biases,
+                                      model.R, model.W, model.K, self.lstm)
 
-
-class _NativeRecurrence(torch.autograd.Function):
-    """x_projection (T, B, G), the initial state (controller tensors, reads (B, R, M), read and
-    write weightings (B, R|W, N), memory (B, N, M)) and the loop's (weight, bias) pairs ->
-    hidden (T, B, C), read vectors (T, B, R M)."""
-
-    @staticmethod
-    def forward(ctx, core: NativeNTM, x_projection, *tensors):
-        model = core.model
-        n_controller = 2 * len(model.controller.cells) if core.lstm else 0
-        controller = [t.contiguous() for t in tensors[:n_controller]]
-        reads, read_weights, write_weights, memory = tensors[n_controller:n_controller + 4]
-        flat_linears = tensors[n_controller + 4:]
-        weights = [w.contiguous() for w in flat_linears[0::2]]
-        biases = [b.contiguous() for b in flat_linears[3::2]]  # every layer's but the first (x_projection holds it)
-        B = x_projection.shape[1]
-        saved = core.extension.forward(
-            x_projection.contiguous(), controller, reads.reshape(B, -1).contiguous(),
-            torch.cat([read_weights, write_weights], dim=1).contiguous(), memory.contiguous(),
-            weights, biases, model.R, model.W, model.K, core.lstm)
-        ctx.core, ctx.saved, ctx.weights, ctx.n_controller = core, saved, weights, n_controller
-        return saved[0], saved[1]
-
-    @staticmethod
-    def backward(ctx, d_hidden, d_reads):
-        core, model = ctx.core, ctx.core.model
-        grads = core.extension.backward(ctx.saved, d_hidden.contiguous(), d_reads.contiguous(), ctx.weights,
-                                        model.R, model.W, model.K, core.lstm)
-        ctx.saved = ctx.weights = None
-        n = ctx.n_controller
-        d_x_projection, d_controller = grads[0], grads[1:1 + n]
-        d_reads0, d_weights0, d_memory0 = grads[1 + n:4 + n]
-        B = d_reads0.shape[0]
-        d_linears = [grads[4 + n], None, *grads[5 + n:]]  # layer 0 has no bias here
-        return (None, d_x_projection, *d_controller, d_reads0.view(B, model.R, model.M),
-                d_weights0[:, :model.R], d_weights0[:, model.R:], d_memory0, *d_linears)
+    def run_backward(self, saved, d_hidden, d_reads, weights):
+        model = self.model
+        return self.extension.backward(saved, d_hidden, d_reads, weights, model.R, model.W, model.K, self.lstm)

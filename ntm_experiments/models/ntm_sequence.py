@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .ntm import NTM, LSTMController, NTMState
+from .recurrence import recurrent_weights
 
 
 def _flatten(state: NTMState) -> list[torch.Tensor]:
@@ -36,28 +37,6 @@ def _unflatten(tensors) -> NTMState:
 
 def _contiguous(state: NTMState) -> NTMState:
     return _unflatten([t.contiguous() for t in _flatten(state)])
-
-
-def recurrent_weights(model: NTM, input_size: int):
-    """(x weight (G, I), x bias (G,), [(weight, bias or None)] of every linear layer inside the
-    recurrence, in the order a time step applies them), all views of the model's parameters: the
-    first controller layer's columns for the external input (hoisted out of the loop, with that
-    layer's bias) and for the recurrent part ([reads, own h] for an LSTM, reads for a
-    feedforward controller), the other controller layers, the heads."""
-    linears = []
-    if isinstance(model.controller, LSTMController):
-        cells = model.controller.cells
-        first = cells[0]
-        x_weight, x_bias = first.weight_ih[:, :input_size], first.bias_ih + first.bias_hh
-        linears.append((torch.cat([first.weight_ih[:, input_size:], first.weight_hh], dim=1), None))
-        linears += [(torch.cat([c.weight_ih, c.weight_hh], dim=1), c.bias_ih + c.bias_hh) for c in cells[1:]]
-    else:
-        layers = model.controller.layers
-        x_weight, x_bias = layers[0].weight[:, :input_size], layers[0].bias
-        linears.append((layers[0].weight[:, input_size:], None))
-        linears += [(layer.weight, layer.bias) for layer in layers[1:]]
-    linears.append((model.heads.weight, model.heads.bias))
-    return x_weight, x_bias, linears
 
 
 class SequenceNTM:
