@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["train.batch_size=0"], ["train.batch_size=0", "> 0"]),
     (["device=cuda:7"] if not torch.cuda.is_available() else ["device=tpu"], ["device="]),
     (["resume=true"], ["resume=true", "no run with a checkpoint"]),
+    (["train.fast_path_core=fused"], ["train.fast_path_core=fused", "native, sequence, step, triton"]),
 ])
 def test_bad_input_gives_one_clear_line_and_nonzero_exit(workdir, args, names):
     result = run_cli([*args, "train.total_sequences=16", "progress=false"], cwd=workdir, timeout=120)

@@ -225,6 +225,12 @@ def test_bad_fast_path_value_is_refused():
         validate(cfg)
 
 
+def test_bad_fast_path_core_is_refused():
+    cfg = compose_config("train.fast_path_core=cuda")
+    with pytest.raises(ConfigError, match="train.fast_path_core=cuda: must be one of auto, native, sequence, step, triton"):
+        validate(cfg)
+
+
 @pytest.mark.slow
 def test_fast_training_run_gives_the_plain_runs_curve(tmp_path):
     common = ["task=copy", "model=ntm_lstm", *SMALL["ntm_lstm"], "train.total_sequences=200", "train.batch_size=8",

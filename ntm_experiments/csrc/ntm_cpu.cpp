@@ -62,77 +62,100 @@ template <typename T> void softmax_inplace(T* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] /= sum;
 }
 
-// index of w(i + k - S) on the circle of N rows (eq. 8); S < N/2 (the config checks it)
-inline int64_t wrap(int64_t i, int64_t n) { return i < 0 ? i + n : (i >= n ? i - n : i); }
+// The circular shift (eq. 8) as offsets on the circle of N rows, |d| < N (S < N/2: the config
+// checks it), each in two contiguous pieces so the loops vectorise.
+// dst(i) += coef src(i + d mod N)
+template <typename T> void add_shifted(T* dst, const T* src, int64_t d, T coef, int64_t N) {
+  const int64_t split = d >= 0 ? N - d : -d;  // where i + d wraps
+  const int64_t before = d >= 0 ? d : d + N, after = d >= 0 ? d - N : d;
+#pragma omp simd
+  for (int64_t i = 0; i < split; ++i) dst[i] += coef * src[i + before];
+#pragma omp simd
+  for (int64_t i = split; i < N; ++i) dst[i] += coef * src[i + after];
+}
+// sum_i a(i) b(i + d mod N)
+template <typename T> T dot_shifted(const T* a, const T* b, int64_t d, int64_t N) {
+  const int64_t split = d >= 0 ? N - d : -d;
+  const int64_t before = d >= 0 ? d : d + N, after = d >= 0 ? d - N : d;
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < split; ++i) acc += a[i] * b[i + before];
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = split; i < N; ++i) acc += a[i] * b[i + after];
+  return acc;
+}
 
 // ------------------------------------------------------------------ memory step, one sample
+// Two passes over the memory rows each way: forward, (row norms, every head's similarity) then
+// (every read, the write); backward, (read and write) then (every head's cosine similarity).
+
 // mem (N, M) the memory before this step; wprev (H, N) the last step's weightings; par (P) the
 // heads' linear output. Writes mem_new (N, M), w (H, N), reads (R M), work (H, X), rn (N).
 // scratch: (W + 2) M values.
 template <typename T>
 void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, const T* par,
                     T* mem_new, T* w, T* reads, T* work, T* rn, T* scratch) {
-  const int64_t N = d.N, M = d.M, K = d.K, S = d.S, A = d.A, X = d.X;
-  for (int64_t i = 0; i < N; ++i) {  // row norms sqrt(|M(i)|^2 + EPS)
+  const int64_t N = d.N, M = d.M, K = d.K, S = d.S, A = d.A, X = d.X, H = d.H, R = d.R, W = d.W;
+  for (int64_t h = 0; h < H; ++h) {            // each head's scalars (§3.3)
+    const T* p = par + h * A;
+    T* wk = work + h * X;
+    T sq = 0;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t m = 0; m < M; ++m) sq += p[m] * p[m];
+    wk[o.kn] = std::sqrt(sq + T(kEps));        // key norm
+    wk[o.beta] = softplus(p[M]);               // key strength >= 0
+    wk[o.gate] = sigmoid(p[M + 1]);            // interpolation gate in (0, 1)
+    wk[o.gamma] = T(1) + softplus(p[M + 2 + K]);  // sharpening >= 1
+    T* s = wk + o.s;
+    for (int64_t k = 0; k < K; ++k) s[k] = p[M + 2 + k];
+    softmax_inplace(s, K);                     // shift distribution over -S..S
+  }
+  for (int64_t i = 0; i < N; ++i) {            // row norms sqrt(|M(i)|^2 + EPS), cosine similarities (eq. 6)
     const T* row = mem + i * M;
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
     for (int64_t m = 0; m < M; ++m) sq += row[m] * row[m];
     rn[i] = std::sqrt(sq + T(kEps));
-  }
-  for (int64_t h = 0; h < d.H; ++h) {
-    const T* p = par + h * A;
-    T* wk = work + h * X;
-    T* sim = wk + o.sim; T* wc = wk + o.wc; T* wg = wk + o.wg; T* ws = wk + o.ws; T* s = wk + o.s;
-    T* wh = w + h * N;
-    const T* prev = wprev + h * N;
-    T sq = 0;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t m = 0; m < M; ++m) sq += p[m] * p[m];
-    const T kn = std::sqrt(sq + T(kEps));
-    const T beta = softplus(p[M]);             // key strength >= 0
-    const T gate = sigmoid(p[M + 1]);          // interpolation gate in (0, 1)
-    const T gamma = T(1) + softplus(p[M + 2 + K]);  // sharpening >= 1
-    for (int64_t k = 0; k < K; ++k) s[k] = p[M + 2 + k];
-    softmax_inplace(s, K);                     // shift distribution over -S..S
-    wk[o.beta] = beta; wk[o.gate] = gate; wk[o.gamma] = gamma; wk[o.kn] = kn;
-    for (int64_t i = 0; i < N; ++i) {          // content addressing (eqs. 5-6)
-      const T* row = mem + i * M;
+    for (int64_t h = 0; h < H; ++h) {
+      const T* key = par + h * A;
+      T* wk = work + h * X;
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
-      for (int64_t m = 0; m < M; ++m) dot += p[m] * row[m];
-      sim[i] = dot / (kn * rn[i]);
-      wc[i] = beta * sim[i];
+      for (int64_t m = 0; m < M; ++m) dot += key[m] * row[m];
+      wk[o.sim + i] = dot / (wk[o.kn] * rn[i]);
     }
-    softmax_inplace(wc, N);
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    T* wk = work + h * X;
+    const T* sim = wk + o.sim; T* wc = wk + o.wc; T* wg = wk + o.wg; T* ws = wk + o.ws; const T* s = wk + o.s;
+    const T beta = wk[o.beta], gate = wk[o.gate], gamma = wk[o.gamma];
+    const T* prev = wprev + h * N;
+    T* wh = w + h * N;
+    for (int64_t i = 0; i < N; ++i) wc[i] = beta * sim[i];
+    softmax_inplace(wc, N);                    // content weighting (eq. 5)
     for (int64_t i = 0; i < N; ++i) wg[i] = gate * wc[i] + (T(1) - gate) * prev[i];  // eq. 7
-    for (int64_t i = 0; i < N; ++i) {          // circular shift (eq. 8)
-      T acc = 0;
-      for (int64_t k = 0; k < K; ++k) acc += wg[wrap(i + k - S, N)] * s[K - 1 - k];
-      ws[i] = acc;
-    }
+    for (int64_t i = 0; i < N; ++i) ws[i] = 0;  // circular shift (eq. 8): ws(i) = sum_k wg(i + k - S) s(K-1-k)
+    for (int64_t k = 0; k < K; ++k) add_shifted(ws, wg, k - S, s[K - 1 - k], N);
     for (int64_t i = 0; i < N; ++i) wh[i] = gamma * std::log(ws[i] + T(kEps));  // sharpening (eq. 9)
     softmax_inplace(wh, N);
   }
-  for (int64_t h = 0; h < d.R; ++h) {         // read the memory before the write (eq. 2)
-    const T* wh = w + h * N;
-    T* r = reads + h * M;
-    for (int64_t m = 0; m < M; ++m) r[m] = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      const T wi = wh[i];
-      const T* row = mem + i * M;
+  // read the memory before the write (eq. 2), then erase and add (eqs. 3-4), a row at a time
+  const T* ea = par + H * A;
+  T* e = scratch; T* keep = e + W * M; T* add = keep + M;
+  for (int64_t j = 0; j < W; ++j)
+    for (int64_t m = 0; m < M; ++m) e[j * M + m] = sigmoid(ea[j * 2 * M + m]);
+  for (int64_t m = 0; m < R * M; ++m) reads[m] = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const T* row = mem + i * M;
+    for (int64_t h = 0; h < R; ++h) {
+      const T wi = w[h * N + i];
+      T* r = reads + h * M;
 #pragma omp simd
       for (int64_t m = 0; m < M; ++m) r[m] += wi * row[m];
     }
-  }
-  const T* ea = par + d.H * A;                 // erase then add (eqs. 3-4), a row at a time
-  T* e = scratch; T* keep = e + d.W * M; T* add = keep + M;
-  for (int64_t j = 0; j < d.W; ++j)
-    for (int64_t m = 0; m < M; ++m) e[j * M + m] = sigmoid(ea[j * 2 * M + m]);
-  for (int64_t i = 0; i < N; ++i) {
     for (int64_t m = 0; m < M; ++m) { keep[m] = 1; add[m] = 0; }
-    for (int64_t j = 0; j < d.W; ++j) {
-      const T wj = w[(d.R + j) * N + i];
+    for (int64_t j = 0; j < W; ++j) {
+      const T wj = w[(R + j) * N + i];
       const T* ej = e + j * M; const T* aj = ea + j * 2 * M + M;
 #pragma omp simd
       for (int64_t m = 0; m < M; ++m) {
@@ -140,7 +163,6 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
         add[m] += wj * aj[m];
       }
     }
-    const T* row = mem + i * M;
     T* out = mem_new + i * M;
 #pragma omp simd
     for (int64_t m = 0; m < M; ++m) out[m] = row[m] * keep[m] + add[m];
@@ -149,44 +171,40 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
 
 // The memory step's backward for one sample. dreads (R M), dmem_new (N, M) and dw (H, N) are the
 // gradients at its outputs (dw is modified); writes dmem (N, M), dwprev (H, N) and dpar (P).
-// scratch: N + K + (3 W + 2) M values.
+// scratch: H N + N + K + (3 W + 2) M values.
 template <typename T>
 void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev, const T* par,
                      const T* w, const T* work, const T* rn, const T* dreads, const T* dmem_new,
                      T* dw, T* dmem, T* dwprev, T* dpar, T* scratch) {
-  const int64_t N = d.N, M = d.M, K = d.K, S = d.S, A = d.A, X = d.X, R = d.R, W = d.W;
-  T* dwg = scratch; T* ds = scratch + N; T* e = ds + K; T* de = e + W * M;
+  const int64_t N = d.N, M = d.M, K = d.K, S = d.S, A = d.A, X = d.X, H = d.H, R = d.R, W = d.W;
+  T* dsim_all = scratch; T* dwg = dsim_all + H * N; T* ds = dwg + N; T* e = ds + K; T* de = e + W * M;
   T* before = de + W * M; T* after = before + (W + 1) * M;  // per-head prefix products of one row, (W+1) M; M
-  // read (eq. 2): r_h = sum_i w_h(i) M(i)
-  for (int64_t i = 0; i < N; ++i) {
-    const T* row = mem + i * M;
-    T* drow = dmem + i * M;
-    for (int64_t m = 0; m < M; ++m) drow[m] = 0;
-    for (int64_t h = 0; h < R; ++h) {
-      const T* dr = dreads + h * M;
-      const T wi = w[h * N + i];
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t m = 0; m < M; ++m) acc += dr[m] * row[m];
-#pragma omp simd
-      for (int64_t m = 0; m < M; ++m) drow[m] += wi * dr[m];
-      dw[h * N + i] += acc;
-    }
-  }
-  // erase and add (eqs. 3-4): M'(i) = M(i) prod_j (1 - w_j(i) e_j) + sum_j w_j(i) a_j
-  const T* ea = par + d.H * A;
-  T* dea = dpar + d.H * A;
+  const T* ea = par + H * A;
+  T* dea = dpar + H * A;
   for (int64_t j = 0; j < W; ++j)
     for (int64_t m = 0; m < M; ++m) {
       e[j * M + m] = sigmoid(ea[j * 2 * M + m]);
       de[j * M + m] = 0;
       dea[j * 2 * M + M + m] = 0;  // d add
     }
+  // read (eq. 2): r_h = sum_i w_h(i) M(i); erase and add (eqs. 3-4):
+  // M'(i) = M(i) prod_j (1 - w_j(i) e_j) + sum_j w_j(i) a_j. A row at a time.
   for (int64_t i = 0; i < N; ++i) {
+    const T* row = mem + i * M;
     const T* g = dmem_new + i * M;
-    const T* x = mem + i * M;
     T* drow = dmem + i * M;
-    for (int64_t m = 0; m < M; ++m) before[m] = 1;
+    for (int64_t m = 0; m < M; ++m) { drow[m] = 0; before[m] = 1; }
+    for (int64_t h = 0; h < R; ++h) {
+      const T* dr = dreads + h * M;
+      const T wi = w[h * N + i];
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t m = 0; m < M; ++m) {
+        acc += dr[m] * row[m];
+        drow[m] += wi * dr[m];
+      }
+      dw[h * N + i] += acc;
+    }
     for (int64_t j = 0; j < W; ++j) {  // before[j] = prod of the keep factors of heads < j
       const T wj = w[(R + j) * N + i];
       const T* ej = e + j * M;
@@ -205,8 +223,8 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
 #pragma omp simd reduction(+ : acc)
       for (int64_t m = 0; m < M; ++m) {
         const T others = bj[m] * after[m];  // the other heads' keep factors
-        acc += g[m] * (aj[m] - x[m] * ej[m] * others);
-        dej[m] -= g[m] * x[m] * wj * others;
+        acc += g[m] * (aj[m] - row[m] * ej[m] * others);
+        dej[m] -= g[m] * row[m] * wj * others;
         daj[m] += g[m] * wj;
         after[m] *= T(1) - wj * ej[m];
       }
@@ -218,17 +236,18 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
       const T ej = e[j * M + m];
       dea[j * 2 * M + m] = de[j * M + m] * ej * (T(1) - ej);  // d erase logits
     }
-  // addressing, per head, from the sharpened weighting back to the key
-  for (int64_t h = 0; h < d.H; ++h) {
+  // addressing, per head, from the sharpened weighting back to the similarity
+  for (int64_t h = 0; h < H; ++h) {
     const T* p = par + h * A;
     const T* wk = work + h * X;
     const T* sim = wk + o.sim; const T* wc = wk + o.wc; const T* wg = wk + o.wg;
     const T* ws = wk + o.ws; const T* s = wk + o.s;
-    const T beta = wk[o.beta], gate = wk[o.gate], gamma = wk[o.gamma], kn = wk[o.kn];
+    const T beta = wk[o.beta], gate = wk[o.gate], gamma = wk[o.gamma];
     const T* wh = w + h * N;
     const T* prev = wprev + h * N;
     T* dwh = dw + h * N;
     T* dp = dpar + h * A;
+    T* dsim = dsim_all + h * N;
     // sharpening (eq. 9): w = softmax(gamma log(ws + EPS))
     T dot = 0;
     for (int64_t i = 0; i < N; ++i) dot += dwh[i] * wh[i];
@@ -242,13 +261,9 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
     dp[M + 2 + K] = dgamma * softplus_grad(p[M + 2 + K]);
     // circular shift (eq. 8): ws(i) = sum_k wg(i + k - S) s(K - 1 - k)
     for (int64_t i = 0; i < N; ++i) dwg[i] = 0;
-    for (int64_t k = 0; k < K; ++k) ds[k] = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t j = wrap(i + k - S, N);
-        dwg[j] += dwh[i] * s[K - 1 - k];
-        ds[K - 1 - k] += dwh[i] * wg[j];
-      }
+    for (int64_t k = 0; k < K; ++k) {
+      add_shifted(dwg, dwh, S - k, s[K - 1 - k], N);  // dwg(j) += dws(j - k + S) s(K-1-k)
+      ds[K - 1 - k] = dot_shifted(dwh, wg, k - S, N);
     }
     T sdot = 0;
     for (int64_t k = 0; k < K; ++k) sdot += ds[k] * s[k];
@@ -261,23 +276,32 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
       cdot += gate * dwg[i] * wc[i];
     }
     dp[M + 1] = dgate * gate * (T(1) - gate);
-    // content addressing (eqs. 5-6): wc = softmax(beta K(k, M(i)))
+    // content addressing (eq. 5): wc = softmax(beta K(k, M(i)))
     T dbeta = 0;
     for (int64_t i = 0; i < N; ++i) {
       const T dz = wc[i] * (gate * dwg[i] - cdot);
       dbeta += dz * sim[i];
-      dwg[i] = dz * beta;  // now d similarity
+      dsim[i] = dz * beta;
     }
     dp[M] = dbeta * softplus_grad(p[M]);
     for (int64_t m = 0; m < M; ++m) dp[m] = 0;
-    for (int64_t i = 0; i < N; ++i) {
-      const T dsim = dwg[i], inv = T(1) / (kn * rn[i]);
-      const T on_key = dsim * sim[i] / (kn * kn), on_row = dsim * sim[i] / (rn[i] * rn[i]);
+  }
+  // cosine similarity (eq. 6), every head, a row at a time: sim(i) = k.M(i) / (|k| |M(i)|)
+  for (int64_t i = 0; i < N; ++i) {
+    const T* row = mem + i * M;
+    T* drow = dmem + i * M;
+    const T inv_rn = T(1) / rn[i];
+    for (int64_t h = 0; h < H; ++h) {
+      const T* key = par + h * A;
+      const T* wk = work + h * X;
+      T* dkey = dpar + h * A;
+      const T inv_kn = T(1) / wk[o.kn], dsim = dsim_all[h * N + i], sim = wk[o.sim + i];
+      const T inv = inv_kn * inv_rn;
+      const T on_key = dsim * sim * inv_kn * inv_kn, on_row = dsim * sim * inv_rn * inv_rn;
 #pragma omp simd
       for (int64_t m = 0; m < M; ++m) {
-        const T x = mem[i * M + m];
-        dp[m] += dsim * x * inv - on_key * p[m];
-        dmem[i * M + m] += dsim * p[m] * inv - on_row * x;
+        dkey[m] += dsim * row[m] * inv - on_key * key[m];
+        drow[m] += dsim * key[m] * inv - on_row * row[m];
       }
     }
   }
@@ -288,11 +312,12 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
 //   params (T, B, P), memory (T+1, B, N, M), weightings (T+1, B, H, N), work (T, B, H, X),
 //   row norms (T, B, N), then per controller layer l:
 //     LSTM: input (T+1, B, in_l + C) = [reads or h_{l-1} at t, own h at t-1] (row T: the last
-//           h and reads), gate activations (T, B, 4C) = [i, f, g, o], cell (T+1, B, C);
+//           h and reads), gate activations (T, B, 4C) = [i, f, g, o], cell (T+1, B, C),
+//           tanh of the cell (T, B, C);
 //     FF:   input (T+1, B, in_l) (layer 0: reads at t-1; others: h_{l-1} at t), output (T, B, C).
 constexpr int64_t kFixed = 7;
 
-inline int64_t layer_slots(bool lstm) { return lstm ? 3 : 2; }
+inline int64_t layer_slots(bool lstm) { return lstm ? 4 : 2; }
 
 Dims make_dims(const at::Tensor& x_proj, const at::Tensor& memory0, const at::Tensor& weights0,
                int64_t R, int64_t W, int64_t K, int64_t C, int64_t L, bool lstm) {
@@ -324,7 +349,7 @@ std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, co
   auto rnorm = at::empty({T_, B, N}, opts);
   memory[0].copy_(memory0);
   wts[0].copy_(weights0);
-  std::vector<at::Tensor> inputs, acts, cells, outs;
+  std::vector<at::Tensor> inputs, acts, cells, tanh_cells, outs;
   std::vector<int64_t> in_width;
   for (int64_t l = 0; l < L; ++l) {
     const int64_t below = l == 0 ? RM : C;
@@ -334,6 +359,7 @@ std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, co
     if (d.lstm) {
       acts.push_back(at::empty({T_, B, 4 * C}, opts));
       cells.push_back(at::empty({T_ + 1, B, C}, opts));
+      tanh_cells.push_back(at::empty({T_, B, C}, opts));
       inputs[l][0].narrow(1, below, C).copy_(ctrl0[2 * l]);
       cells[l][0].copy_(ctrl0[2 * l + 1]);
     } else {
@@ -358,6 +384,7 @@ std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, co
         T* g = ptr<T>(gates);
         const T* c_prev = ptr<T>(cells[l]) + t * B * C;
         T* c_new = ptr<T>(cells[l]) + (t + 1) * B * C;
+        T* tanh_c = ptr<T>(tanh_cells[l]) + t * B * C;
         T* h_self = ptr<T>(inputs[l]) + (t + 1) * B * (below + C) + below;  // own h, next step's input
         T* h_up = l + 1 < L ? ptr<T>(inputs[l + 1]) + t * B * 2 * C : nullptr;  // the layer above's input
         T* h_top = l + 1 == L ? ptr<T>(hidden) + t * B * C : nullptr;
@@ -370,7 +397,9 @@ std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, co
               gb[c] = i; gb[C + c] = f; gb[2 * C + c] = gg; gb[3 * C + c] = og;
               const T cn = f * c_prev[b * C + c] + i * gg;
               c_new[b * C + c] = cn;
-              const T h = og * std::tanh(cn);
+              const T tc = std::tanh(cn);
+              tanh_c[b * C + c] = tc;
+              const T h = og * tc;
               h_self[b * (below + C) + c] = h;
               if (h_up) h_up[b * 2 * C + c] = h;
               if (h_top) h_top[b * C + c] = h;
@@ -414,7 +443,10 @@ std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, co
   for (int64_t l = 0; l < L; ++l) {
     result.push_back(inputs[l]);
     result.push_back(d.lstm ? acts[l] : outs[l]);
-    if (d.lstm) result.push_back(cells[l]);
+    if (d.lstm) {
+      result.push_back(cells[l]);
+      result.push_back(tanh_cells[l]);
+    }
   }
   return result;
 }
@@ -440,7 +472,7 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
   auto dmem = at::zeros({B, N, M}, opts), dmem_prev = at::empty({B, N, M}, opts);
   auto dw = at::zeros({B, H, N}, opts), dw_prev = at::empty({B, H, N}, opts);
   auto dh_top = at::empty({B, C}, opts);
-  const int64_t scratch_size = N + d.K + (3 * d.W + 2) * d.M + RM;
+  const int64_t scratch_size = (H + 1) * N + d.K + (3 * d.W + 2) * d.M + RM;
   auto scratch = at::empty({B, scratch_size}, opts);
   const Work o(d);
   const at::Tensor& heads_w = weight[L];
@@ -484,7 +516,7 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
         const T* dh_self = ptr<T>(d_in[l]) + below;  // the next step's gradient at this layer's h
         const T* act = ptr<T>(layer(l, 1)) + t * B * 4 * C;
         const T* c_prev = ptr<T>(layer(l, 2)) + t * B * C;
-        const T* c_new = ptr<T>(layer(l, 2)) + (t + 1) * B * C;
+        const T* tanh_c = ptr<T>(layer(l, 3)) + t * B * C;
         T* dc = ptr<T>(dcell[l]);
         at::parallel_for(0, B, grain(8 * C), [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -492,7 +524,7 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
               const T* a = act + b * 4 * C;
               const T i = a[c], f = a[C + c], gg = a[2 * C + c], og = a[3 * C + c];
               const T dh = dh_from[b * dh_stride + c] + dh_self[b * width + c];
-              const T tc = std::tanh(c_new[b * C + c]);
+              const T tc = tanh_c[b * C + c];
               const T dcn = dc[b * C + c] + dh * og * (T(1) - tc * tc);
               T* gb = g + b * 4 * C;
               gb[c] = dcn * gg * i * (T(1) - i);
