@@ -85,13 +85,29 @@ VARIANTS = {  # structures no paper row has, so the sequence core's bookkeeping 
 }
 
 
-def assert_is_the_models_function_in_float64(core, variant: str, device=torch.device("cpu")) -> None:
+def saturate_heads(model: NTM) -> None:
+    """The heads' layer times 40 and the key strengths' and sharpenings' biases raised by 20:
+    those straddle softplus's threshold of 20 (its two branches), the gates and erase vectors
+    saturate, the weightings are nearly one-hot."""
+    with torch.no_grad():
+        model.heads.weight.mul_(40.0)
+        model.heads.bias.mul_(40.0)
+        for head in range(model.R + model.W):
+            start = head * model.address_size
+            model.heads.bias[start + model.M] += 20.0  # beta
+            model.heads.bias[start + model.address_size - 1] += 20.0  # gamma
+
+
+def assert_is_the_models_function_in_float64(core, variant: str, device=torch.device("cpu"),
+                                             saturate: bool = False) -> None:
     """``core(model)`` gives NTM.forward's outputs and every parameter's gradient to 1e-10 in
     float64, on one of VARIANTS, so any bookkeeping or calculus error shows up far above rounding."""
     cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
     task = make_task(cfg.task)
     torch.manual_seed(0)
     model = make_model(cfg.model, task.input_width, task.output_width).double().to(device)
+    if saturate:
+        saturate_heads(model)
     inputs = task.sample(3, torch.Generator().manual_seed(1), length=4).inputs.double().to(device)
     cotangent = torch.randn(inputs.shape[0], 3, task.output_width, dtype=torch.float64, device=device)
 
@@ -117,6 +133,11 @@ def test_sequence_cores_are_exactly_the_models_function_in_float64(variant, core
     backwards (hoisted layers, reverse loop, weight gradients as one GEMM; the native one also
     every equation's gradient by hand)."""
     assert_is_the_models_function_in_float64(core, variant)
+
+
+@pytest.mark.parametrize("core", [SequenceNTM, NativeNTM], ids=["sequence", "native"])
+def test_sequence_cores_are_the_models_function_at_saturated_heads(core):
+    assert_is_the_models_function_in_float64(core, "lstm, 2 layers, 2 heads each", saturate=True)
 
 
 def test_unknown_core_is_refused():

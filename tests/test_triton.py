@@ -27,6 +27,11 @@ def test_fused_core_is_exactly_the_models_function_in_float64(variant):
     assert_is_the_models_function_in_float64(TritonNTM, variant, DEVICE)
 
 
+def test_fused_core_is_the_models_function_at_saturated_heads():
+    """As tests/test_fast.py's saturated case: softplus past its threshold, saturated gates."""
+    assert_is_the_models_function_in_float64(TritonNTM, "lstm, 2 layers, 2 heads each", DEVICE, saturate=True)
+
+
 @pytest.mark.parametrize("task_name, model_name", [("repeat_copy", "ntm_lstm"), ("associative_recall", "ntm_ff")])
 def test_fast_path_with_the_fused_core_agrees_with_plain(task_name, model_name):
     """In float32, through FastStep as ntm-train runs it (train.fast_path_core=triton)."""
