@@ -212,6 +212,7 @@ def test_a_native_core_that_cannot_be_built_is_one_line(tmp_path, monkeypatch):
         ntm_native.load_extension(broken, name="ntm_native_broken_for_test")
     message = str(error.value)
     assert message.startswith("the native CPU core could not be built: ") and "\n" not in message
+    assert "broken.cpp:1:1: error:" in message  # the compiler's own words, not the build command
 
 
 def test_fast_path_falls_back_to_the_compiled_core_when_the_native_one_is_unavailable(monkeypatch, caplog):

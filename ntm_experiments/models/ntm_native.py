@@ -51,12 +51,19 @@ def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
         extension = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"],
                                        extra_ldflags=["-fopenmp"])
     except Exception as error:  # a missing compiler or ninja, a failed build: say which, in one line
-        lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        raise NativeUnavailable(f"the native CPU core could not be built: {lines[0][:300]}") from None
+        raise NativeUnavailable(f"the native CPU core could not be built: {_reason(error)}") from None
     extension.build_seconds = time.perf_counter() - start
     if source == SOURCE:
         _extension = extension
     return extension
+
+
+def _reason(error: Exception) -> str:
+    """The line of a failed build that says what failed (the compiler's error, a missing
+    program), not the build command torch's message starts with."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    telling = [line for line in lines[1:] if "error" in line.lower() or "not found" in line.lower()]
+    return (telling or lines)[0][:300]
 
 
 def check_supported(model: NTM, device: torch.device) -> None:
