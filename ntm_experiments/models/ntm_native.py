@@ -48,7 +48,7 @@ def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     start = time.perf_counter()
     try:
-        extension = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp"],
+        extension = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
                                        extra_ldflags=["-fopenmp"])
     except Exception as error:  # a missing compiler or ninja, a failed build: say which, in one line
         raise NativeUnavailable(f"the native CPU core could not be built: {_reason(error)}") from None
