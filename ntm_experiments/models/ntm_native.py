@@ -8,7 +8,7 @@ reverse loop. Unlike it, nothing is compiled per process, no time step goes thro
 and the backward reads the forward's saved intermediates instead of recomputing them.
 
 The extension is built by ``torch.utils.cpp_extension`` the first time it is needed on a
-machine (about half a minute, with the C++ compiler that torch.compile also needs on the CPU)
+machine (half a minute to a minute and a half, with the C++ compiler that torch.compile also needs on the CPU)
 and cached by torch (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``);
 later processes only load it.
 """
