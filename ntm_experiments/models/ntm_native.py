@@ -8,9 +8,9 @@ reverse loop. Unlike it, nothing is compiled per process, no time step goes thro
 and the backward reads the forward's saved intermediates instead of recomputing them.
 
 The extension is built by ``torch.utils.cpp_extension`` the first time it is needed on a
-machine (half a minute to a minute and a half, with the C++ compiler that torch.compile also needs on the CPU)
-and cached by torch (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``);
-later processes only load it.
+machine (half a minute to a minute and a half, with the C++ compiler that torch.compile also
+needs on the CPU) and cached by torch (``$TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``); later processes only load it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     start = time.perf_counter()
     try:
-        extension = cpp_extension.load(name=name, sources=[str(source)], extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
+        extension = cpp_extension.load(name=name, sources=[str(source)],
+                                       extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"],
                                        extra_ldflags=["-fopenmp"])
     except Exception as error:  # a missing compiler or ninja, a failed build: say which, in one line
         raise NativeUnavailable(f"the native CPU core could not be built: {_reason(error)}") from None
