@@ -16,6 +16,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from .fast.cores import CORES
+
 
 class RunError(Exception):
     """A problem the user can act on; the CLI prints its one-line message and exits 2."""
@@ -145,7 +147,7 @@ class TrainConfig:
 
 
 FAST_PATH_VALUES = ("auto", "true", "false")
-FAST_PATH_CORES = ("auto", "native", "sequence", "step", "triton")  # ntm_experiments.fast.FastStep.cores
+FAST_PATH_CORES = ("auto", *CORES)  # auto: the device's default core (ntm_experiments/fast/cores.py)
 
 
 @dataclass

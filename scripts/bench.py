@@ -10,17 +10,18 @@ Each row is timed in --repeats chunks of --steps steps and reports the median ch
 stall of a shared machine during one chunk does not move the figure; the paths' chunks are
 taken in turn, so a machine that slows down for a while slows every path alike.
 
-Paths (ntm_experiments/fast.py):
+Paths: eager, one per core of the registry (ntm_experiments/fast/cores.py), and fast:
   eager     PlainStep: eager PyTorch, what train.fast_path=false runs
-  compiled  the NTM time step compiled with torch.compile, autograd per time step, no CUDA graphs
-  sequence  the sequence core (models/ntm_sequence.py): compiled forward and backward loops with
+  step      the NTM time step compiled with torch.compile, autograd per time step, no CUDA graphs
+  sequence  the sequence core (fast/sequence.py): compiled forward and backward loops with
             the weight gradients as one GEMM each, no CUDA graphs
-  native    the native C++ core (models/ntm_native.py, csrc/ntm_cpu.cpp), CPU only
-  triton    the fused GPU core (models/ntm_triton.py): Triton kernels for the memory step and
+  native    the native C++ core (fast/native.py, fast/native.cpp), CPU only
+  triton    the fused GPU core (fast/triton.py): Triton kernels for the memory step and
             the LSTM's pointwise work, no CUDA graphs; CUDA only
   fast      FastStep, what train.fast_path=true (and auto on CUDA) runs: on the CPU the native
             core; on CUDA the compiled time step (or --core ...) with each half of the training
             step replayed as a CUDA graph
+(each core's path is FastStep with that core and no CUDA graphs)
 Start-up (compiling, capturing) is timed apart and reported. On CUDA the peak memory of each
 run is reported; a batch that does not fit is reported as out of memory, and the next is tried.
 The task defaults to copy at a fixed length (Table 2's NTM-LSTM row, length 20: 42 time steps).
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ntm_experiments.config import config_dir  # noqa: E402
-from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
+from ntm_experiments.fast import CORES, FastStep, PlainStep  # noqa: E402
 from ntm_experiments.models import make_model  # noqa: E402
 from ntm_experiments.optim import GravesRMSprop  # noqa: E402
 from ntm_experiments.tasks import make_task  # noqa: E402
@@ -79,12 +80,8 @@ def train_steps(stepper, task, batch_size: int, setting: dict, steps: int, gener
     return applied
 
 
-PATH_OPTIONS = {  # FastStep's keywords per path; eager is PlainStep
-    "compiled": {"graphs": False, "core": "step"},
-    "sequence": {"graphs": False, "core": "sequence"},
-    "native": {"graphs": False, "core": "native"},
-    "triton": {"graphs": False, "core": "triton"},
-}
+PATH_OPTIONS = {core: {"graphs": False, "core": core} for core in CORES}  # FastStep's keywords; eager is PlainStep
+PATHS = ["eager", *CORES, "fast"]
 
 
 class Run:
@@ -218,9 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=20, help="value of --length-key (copy: 20, 42 time steps)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None,
                         help="default: 1 16 on the CPU, 32 128 512 2048 on CUDA")
-    parser.add_argument("--paths", nargs="+", default=None, choices=["eager", "compiled", "sequence", "native", "triton", "fast"],
-                        help="default: eager compiled fast")
-    parser.add_argument("--core", default=None, choices=FastStep.cores,
+    parser.add_argument("--paths", nargs="+", default=None, choices=PATHS, help="default: eager step fast")
+    parser.add_argument("--core", default=None, choices=list(CORES),
                         help="the fast path's core (default: native on the CPU, step on CUDA)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per chunk")
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per row; the row reports the median")
@@ -259,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = args.batch_sizes or ([1, 16] if device.type == "cpu" else [32, 128, 512, 2048])
     if any(b <= 0 for b in batch_sizes):
         parser.error(f"--batch-sizes {batch_sizes}: must be positive")
-    paths = args.paths or ["eager", "compiled", "fast"]
+    paths = args.paths or ["eager", "step", "fast"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
           f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "

@@ -144,7 +144,7 @@ def test_regular_install_finds_its_configs_from_any_directory(tmp_path, workdir)
     assert install.returncode == 0, install.stderr
     assert (target / "ntm_experiments" / "conf" / "task_model" / "copy_ntm_lstm.yaml").is_file()
     assert (target / "ntm_experiments" / "data" / "figure_curves.csv").is_file()  # the paper's curves for ntm-report
-    assert (target / "ntm_experiments" / "csrc" / "ntm_cpu.cpp").is_file()  # the fast path's native core, built on use
+    assert (target / "ntm_experiments" / "fast" / "native.cpp").is_file()  # the fast path's native core, built on use
     env = {"PYTHONPATH": str(target)}
     where = subprocess.run([sys.executable, "-c", "import ntm_experiments.config as c; print(c.config_dir())"],
                            cwd=workdir, capture_output=True, text=True, env={**os.environ, **env})

@@ -11,11 +11,11 @@ from torch._dynamo.utils import counters
 
 from conftest import MODELS, TASKS, compose_config, scalars
 from ntm_experiments.config import ConfigError, validate
-from ntm_experiments.fast import FastStep, PlainStep, use_fast_path
+from ntm_experiments.fast import CORES, FastStep, PlainStep, use_fast_path
+from ntm_experiments.fast import native as ntm_native
+from ntm_experiments.fast.native import NativeNTM, NativeUnavailable
+from ntm_experiments.fast.sequence import SequenceNTM
 from ntm_experiments.models import NTM, make_model
-from ntm_experiments.models import ntm_native
-from ntm_experiments.models.ntm_native import NativeNTM, NativeUnavailable
-from ntm_experiments.models.ntm_sequence import SequenceNTM
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import make_task
 from ntm_experiments.train import COST_TAG, train
@@ -234,7 +234,7 @@ def test_fast_path_falls_back_to_the_compiled_core_when_the_native_one_is_unavai
     def unavailable(model):
         raise NativeUnavailable("the native CPU core could not be built: no compiler")
 
-    monkeypatch.setattr("ntm_experiments.fast.NativeNTM", unavailable)
+    monkeypatch.setattr("ntm_experiments.fast.native.NativeNTM", unavailable)
     _, task, model, params = build("copy", "ntm_ff")
     opt = GravesRMSprop(params)
     with caplog.at_level("WARNING", logger="ntm_experiments.fast"):

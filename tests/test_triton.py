@@ -1,4 +1,4 @@
-"""The fused GPU core (models/ntm_triton.py) computes the model's function. Without CUDA its
+"""The fused GPU core (ntm_experiments/fast/triton.py) computes the model's function. Without CUDA its
 Triton kernels run in Triton's interpreter on the CPU (conftest sets TRITON_INTERPRET=1), so
 their arithmetic is checked here on every machine; tests/test_gpu.py runs them compiled."""
 
@@ -13,7 +13,7 @@ from conftest import compose_config  # noqa: E402
 from test_fast import VARIANTS, assert_is_the_models_function_in_float64, assert_steps_agree, build  # noqa: E402
 from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
 from ntm_experiments.models import make_model  # noqa: E402
-from ntm_experiments.models.ntm_triton import TritonNTM  # noqa: E402
+from ntm_experiments.fast.triton import TritonNTM  # noqa: E402
 from ntm_experiments.optim import GravesRMSprop  # noqa: E402
 from ntm_experiments.tasks import make_task  # noqa: E402
 

@@ -1,7 +1,8 @@
 """Models: NTM (feedforward or LSTM controller) and the plain LSTM baseline.
 
 Models know nothing about tasks: they map an input sequence (T, B, I) to output logits
-(T, B, O), given only the widths.
+(T, B, O), given only the widths. This package is the paper, written plainly; the fast path's
+cores (ntm_experiments/fast/) compute the same functions and are tested against these.
 """
 
 from __future__ import annotations

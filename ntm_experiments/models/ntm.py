@@ -146,20 +146,12 @@ class NTM(nn.Module):
         memory = addressing.write(state.memory, write_w, torch.sigmoid(erase), add)
         return reads, read_w, write_w, memory, add
 
-    def forward(self, inputs: torch.Tensor, trace: bool = False, step=None):
-        """inputs (T, B, I) -> logits (T, B, O); with trace=True also a Trace.
-
-        ``step`` replaces ``self.step`` (the same function, e.g. compiled: ntm_experiments.fast);
-        the initial state is then made contiguous, so every time step sees the same tensor layout."""
+    def forward(self, inputs: torch.Tensor, trace: bool = False):
+        """inputs (T, B, I) -> logits (T, B, O); with trace=True also a Trace."""
         state = self.initial_state(inputs.shape[1])
-        if step is None:
-            step = self.step
-        else:
-            state = NTMState(tuple(t.contiguous() for t in state.controller),
-                             *(t.contiguous() for t in state[1:]))
         outputs, reads, writes, adds = [], [], [], []
         for x in inputs:
-            logits, state, add = step(x, state)
+            logits, state, add = self.step(x, state)
             outputs.append(logits)
             if trace:
                 reads.append(state.read_weights)

@@ -1,7 +1,7 @@
-"""The fast path's fused GPU core: the NTM recurrence with its memory step and the controller's
+"""The fast path's "triton" core, fused for the GPU: the NTM recurrence with its memory step and the controller's
 pointwise work as Triton kernels, forward and backward; the same function as ``NTM.forward``.
 
-It is arranged as the native CPU core (csrc/ntm_cpu.cpp), whose arithmetic the kernels follow
+It is arranged as the native CPU core (native.cpp), whose arithmetic the kernels follow
 line by line:
   - the input layer and the output layer are one GEMM each over all T B rows, outside the loop,
     and each weight's gradient is one GEMM after the reverse loop;
@@ -24,8 +24,9 @@ import os
 import torch
 
 from ..addressing import EPS
-from .ntm import NTM
-from .recurrence import CoreUnavailable, HandwrittenCore
+from ..models.ntm import NTM
+from .handwritten import HandwrittenCore
+from .recurrence import CoreUnavailable
 
 try:
     import triton
@@ -86,7 +87,7 @@ if triton is not None:
         e = tl.where(valid, tl.exp(z - tl.max(z, 0)), 0.0)
         return e / tl.sum(e, 0)
 
-    # Per (time step, sample, head) workspace, as in ntm_cpu.cpp: [similarity (N) | content
+    # Per (time step, sample, head) workspace, as in native.cpp: [similarity (N) | content
     # weighting (N) | gated (N) | shifted (N) | shift distribution (K) | beta, gate, gamma, key norm]
     # The memory kernels' sizes: H = R + W heads, shifts -S..S (K = 2S + 1), A = M + 3 + K
     # addressing parameters per head, P = H A + 2 W M heads' outputs, X = 4 N + K + 4 workspace.
@@ -339,7 +340,7 @@ class TritonNTM(HandwrittenCore):
                     P=H * A + 2 * model.W * model.M, X=4 * model.N + model.K + 4, **self.blocks)
 
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
-        """What ntm_cpu.cpp's forward does, with the same buffers: [hidden, reads, the rest saved]."""
+        """What native.cpp's forward does, with the same buffers: [hidden, reads, the rest saved]."""
         model, shape = self.model, self._shape()
         T, B, _ = x_projection.shape
         C, L, R, M, N, H = model.controller.output_size, len(weights) - 1, model.R, model.M, model.N, shape["H"]
@@ -388,7 +389,7 @@ class TritonNTM(HandwrittenCore):
         return saved
 
     def run_backward(self, saved, d_hidden, d_reads, weights):
-        """What ntm_cpu.cpp's backward does: the gradients in the same order."""
+        """What native.cpp's backward does: the gradients in the same order."""
         model = self.model
         hidden, _, params, memory, wts, work, rnorm = saved[:7]
         T, B, C = hidden.shape

@@ -7,17 +7,9 @@ finite (train.max_bad_steps) without ever applying it:
   update(clip_value)                                            (clip, RMSProp)
 
 PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap to launch:
-  - NTM models run one of three cores (``core``); each takes a batch of any length without
-    recompiling:
-      "native" (the CPU's default): models/ntm_native.py, the whole recurrence as one
-        hand-written C++ call forward and one backward (csrc/ntm_cpu.cpp), the input and
-        output layers and every weight's gradient one GEMM over the sequence; if it cannot be
-        built here, the run says why and uses "sequence";
-      "sequence": models/ntm_sequence.py, the same arrangement with the time step compiled by
-        ``torch.compile``: a compiled forward loop without autograd and a compiled reverse loop;
-      "step" (CUDA's default): ``NTM.step`` compiled, autograd recording every time step;
-      "triton": models/ntm_triton.py, the native core's arrangement on the GPU, the memory
-        step and the LSTM's pointwise work as fused Triton kernels (not yet measured on a GPU).
+  - NTM models run one of the cores in cores.CORES (``core``; default: native on the CPU, step
+    on CUDA); each takes a batch of any length without recompiling. A core that cannot run here
+    says why and its fallback runs (native -> sequence, triton -> the device's default).
     The plain LSTM baseline is left as it is: ``nn.LSTM`` is already a fused kernel.
   - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
     thousands. ``forward_backward`` is captured once per batch shape (T, B, width); the
@@ -35,11 +27,9 @@ import time
 
 import torch
 
-from .models import NTM
-from .models.ntm_native import NativeNTM
-from .models.recurrence import CoreUnavailable
-from .models.ntm_sequence import SequenceNTM
-from .tasks.base import Batch
+from ..models import NTM
+from ..tasks.base import Batch
+from .cores import CORES, build_core, default_core
 
 log = logging.getLogger("ntm_experiments.fast")
 
@@ -85,34 +75,6 @@ class PlainStep:
         (cost.mean() * NATS_PER_BIT).backward()
         return cost.detach(), _grad_norm(self.params)
 
-    @staticmethod
-    def default_core(device: torch.device) -> str:
-        return "step" if device.type == "cuda" else "native"
-
-    def _ntm_forward(self, model: NTM, core: str):
-        """(the core's forward, the core used). A core that cannot run here says why, once, and
-        the next is tried: triton -> the device's default; native -> sequence."""
-        while core in ("native", "triton"):
-            try:
-                if core == "native":
-                    forward = NativeNTM(model)
-                    log.info("fast path: native CPU core (built or loaded in %.1f s)", forward.extension.build_seconds)
-                else:
-                    from .models.ntm_triton import TritonNTM  # imports triton: only when asked for
-                    forward = TritonNTM(model)
-                return forward, core
-            except CoreUnavailable as why:
-                fallback = "sequence" if core == "native" else self.default_core(self.device)
-                log.warning("fast path: %s; using the %s core instead", why, fallback)
-                core = fallback
-        # one compiled entry per model shape: a process that builds several models (a benchmark,
-        # the tests) must not hit dynamo's default limit of 8 entries per compiled function
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        if core == "sequence":
-            return SequenceNTM(model, self.compile_options), core
-        step = torch.compile(model.step, **self.compile_options)
-        return (lambda inputs: model(inputs, step=step)), core
-
     def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of the batch's loss into ``p.grad``; returns (cost (B,) bits, grad norm)."""
         return self._forward_backward(batch)
@@ -131,21 +93,18 @@ class FastStep(PlainStep):
 
     compile_options = {"fullgraph": True, "dynamic": False}  # torch.compile's keywords for the compiled core
 
-    cores = ("native", "sequence", "step", "triton")
-
     def __init__(self, model: torch.nn.Module, task, optimizer, params: list[torch.Tensor], device: torch.device,
                  graphs: bool | None = None, core: str | None = None):
         super().__init__(model, task, optimizer, params)
         self.device = device
         self.graphs = device.type == "cuda" if graphs is None else graphs
-        if core is None:
-            core = self.default_core(device)
-        if core not in self.cores:
-            raise ValueError(f"core={core!r}: must be one of {', '.join(self.cores)}")
+        core = default_core(device) if core is None else core
+        if core not in CORES:
+            raise ValueError(f"core={core!r}: must be one of {', '.join(CORES)}")
         self.forward = None  # the model's forward on inputs (T, B, I); None: the model itself
-        self.core = None     # the NTM core in use; None for the LSTM baseline
+        self.core = None     # the NTM core in use (a name in cores.CORES); None for the LSTM baseline
         if isinstance(model, NTM):
-            self.forward, self.core = self._ntm_forward(model, core)
+            self.forward, self.core = build_core(core, model, device, self.compile_options)
         self.batch_size: int | None = None  # the batch size the step was compiled/captured for
         if self.graphs:
             for p in params:  # fixed gradient tensors that every graph accumulates into
@@ -162,12 +121,13 @@ class FastStep(PlainStep):
             self.batch_size = batch.batch_size
         # the last, partial batch of a run goes plain, not worth a recompilation (the native and
         # triton cores compile nothing per shape and take it too, unless it would need a new graph)
-        full = batch.batch_size == self.batch_size or (self.core in ("native", "triton") and not self.graphs)
+        full = batch.batch_size == self.batch_size or (self.core is not None and not CORES[self.core].compiled
+                                                        and not self.graphs)
         if self.graphs and full:
             return self._replay(batch)
         start = time.perf_counter()
         result = self._forward_backward(batch, self.forward if full else None, keep_grad_tensors=self.graphs)
-        if first and self.core in ("sequence", "step"):
+        if first and self.core is not None and CORES[self.core].compiled:
             log.info("fast path: time step compiled in %.1f s", time.perf_counter() - start)
         return result
 

@@ -1,8 +1,8 @@
-"""The fast path's native core on the CPU: the NTM over a whole sequence as one hand-written C++
-call forward and one backward (``ntm_experiments/csrc/ntm_cpu.cpp``), the same function as
+"""The fast path's "native" core on the CPU: the NTM over a whole sequence as one hand-written C++
+call forward and one backward (``native.cpp``, beside this file), the same function as
 ``NTM.forward``.
 
-Like the sequence core (ntm_sequence.py), the input layer and the output layer are one GEMM
+Like the sequence core (sequence.py), the input layer and the output layer are one GEMM
 each over all T B rows, outside the loop, and each weight's gradient is one GEMM after the
 reverse loop. Unlike it, nothing is compiled per process, no time step goes through Python,
 and the backward reads the forward's saved intermediates instead of recomputing them.
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from .ntm import NTM
-from .recurrence import CoreUnavailable, HandwrittenCore
+from ..models.ntm import NTM
+from .handwritten import HandwrittenCore
+from .recurrence import CoreUnavailable
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "ntm_cpu.cpp"
+SOURCE = Path(__file__).resolve().with_name("native.cpp")
 
 _extension = None
 

@@ -1,5 +1,5 @@
-"""The NTM over a whole sequence with a sequence-level backward: the same function as
-``NTM.forward``, arranged so that little happens per time step (the fast path's core).
+"""The fast path's "sequence" core: the NTM over a whole sequence with a sequence-level backward,
+the same function as ``NTM.forward``, arranged so that little happens per time step.
 
 What NTM.forward does per time step, and what this does instead:
   - the external input's share of the first controller layer, x W_x^T + b, is one GEMM over
@@ -22,31 +22,63 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .ntm import NTM, LSTMController, NTMState
-from .recurrence import recurrent_weights
+from ..models.ntm import NTM, NTMState
+from .recurrence import SequenceCore, contiguous_state, flatten_state, unflatten_state
 
 
-def _flatten(state: NTMState) -> list[torch.Tensor]:
-    return [*state.controller, state.reads, state.read_weights, state.write_weights, state.memory]
+class _Recurrence(torch.autograd.Function):
+    """x_projection (T, B, G), the initial state and the loop's weights -> hidden (T, B, C),
+    read vectors (T, B, R M); the backward as described in the module's docstring."""
+
+    @staticmethod
+    def forward(ctx, core: "SequenceNTM", n_state: int, x_projection, *tensors):
+        tensors = [None if t is None else t.detach() for t in tensors]  # no autograd inside: same guards every call
+        # the initial state in the layout the compiled step returns (an expanded batch of 1 has stride 0)
+        state = unflatten_state([torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
+                                 for t in tensors[:n_state]])
+        flat_linears = tensors[n_state:]
+        linears = list(zip(flat_linears[0::2], flat_linears[1::2]))
+        states, hiddens = [state], []
+        for x in x_projection:
+            hidden, state = core.core_forward(x, state, linears)
+            states.append(state)
+            hiddens.append(hidden)
+        ctx.core, ctx.states, ctx.linears = core, states, linears
+        ctx.save_for_backward(x_projection)
+        reads = torch.stack([s.reads.flatten(1) for s in states[1:]])
+        return torch.stack(hiddens), reads
+
+    @staticmethod
+    def backward(ctx, d_hidden, d_reads):
+        (x_projection,) = ctx.saved_tensors
+        core, states, linears = ctx.core, ctx.states, ctx.linears
+        T = x_projection.shape[0]
+        d_state = unflatten_state([torch.zeros_like(t) for t in flatten_state(states[-1])])
+        d_x_projection = torch.empty_like(x_projection)
+        d_outputs, layer_inputs = [[] for _ in linears], [[] for _ in linears]
+        for t in range(T - 1, -1, -1):
+            d_x_projection[t], d_state, d_outs, ins = core.core_backward(x_projection[t], states[t], linears,
+                                                                         d_hidden[t], d_reads[t], d_state)
+            for k in range(len(linears)):
+                d_outputs[k].append(d_outs[k])
+                layer_inputs[k].append(ins[k])
+        d_linears = []
+        for (weight, bias), d_out, ins in zip(linears, d_outputs, layer_inputs):
+            d_out, ins = torch.cat(d_out), torch.cat(ins)  # (T B, out), (T B, in)
+            d_linears += [d_out.t() @ ins, None if bias is None else d_out.sum(0)]
+        ctx.states = ctx.linears = None
+        return None, None, d_x_projection, *flatten_state(d_state), *d_linears
 
 
-def _unflatten(tensors) -> NTMState:
-    *controller, reads, read_weights, write_weights, memory = tensors
-    return NTMState(tuple(controller), reads, read_weights, write_weights, memory)
-
-
-def _contiguous(state: NTMState) -> NTMState:
-    return _unflatten([t.contiguous() for t in _flatten(state)])
-
-
-class SequenceNTM:
+class SequenceNTM(SequenceCore):
     """``SequenceNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
 
+    recurrence = _Recurrence
+
     def __init__(self, model: NTM, compile_options: dict | None = None):
-        """``compile_options``: torch.compile's keywords for both loops' bodies (ntm_experiments.fast
-        passes FastStep.compile_options); None runs them eagerly."""
-        self.model = model
-        self.lstm = isinstance(model.controller, LSTMController)
+        """``compile_options``: torch.compile's keywords for both loops' bodies (FastStep passes
+        its compile_options); None runs them eagerly."""
+        super().__init__(model)
         self.core_forward, self.core_backward = self._core_forward, self._core_backward
         if compile_options is not None:
             options = dict(compile_options)
@@ -95,7 +127,7 @@ class SequenceNTM:
 
     def _core_forward(self, x_projection, state: NTMState, linears):
         hidden, state, _ = self._core(x_projection, state, linears)
-        return hidden, _contiguous(state)  # every step then sees the first step's layout: no recompilation
+        return hidden, contiguous_state(state)  # every step then sees the first step's layout: no recompilation
 
     def _core_backward(self, x_projection, state: NTMState, linears, d_hidden, d_reads, d_next):
         """The vector-Jacobian product of one time step: the cotangents of its outputs
@@ -112,58 +144,4 @@ class SequenceNTM:
 
         _, vjp, layer_inputs = torch.func.vjp(step, x_projection, state, probes, has_aux=True)
         d_x_projection, d_state, d_outputs = vjp((d_hidden, d_next))
-        return d_x_projection, _contiguous(d_state), d_outputs, layer_inputs
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        T, B, I = inputs.shape
-        x_weight, x_bias, linears = recurrent_weights(model, I)
-        x_projection = F.linear(inputs, x_weight, x_bias)  # (T, B, G): one GEMM for every time step
-        state = model.initial_state(B)
-        flat_state = _flatten(state)
-        flat_linears = [t for pair in linears for t in pair]
-        hidden, reads = _Recurrence.apply(self, len(flat_state), x_projection, *flat_state, *flat_linears)
-        return model.output(torch.cat([hidden, reads], dim=-1))  # (T, B, C + R M) -> (T, B, O), one GEMM
-
-
-class _Recurrence(torch.autograd.Function):
-    """x_projection (T, B, G), the initial state and the loop's weights -> hidden (T, B, C),
-    read vectors (T, B, R M); the backward as described in the module's docstring."""
-
-    @staticmethod
-    def forward(ctx, core: SequenceNTM, n_state: int, x_projection, *tensors):
-        tensors = [None if t is None else t.detach() for t in tensors]  # no autograd inside: same guards every call
-        # the initial state in the layout the compiled step returns (an expanded batch of 1 has stride 0)
-        state = _unflatten([torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t) for t in tensors[:n_state]])
-        flat_linears = tensors[n_state:]
-        linears = list(zip(flat_linears[0::2], flat_linears[1::2]))
-        states, hiddens = [state], []
-        for x in x_projection:
-            hidden, state = core.core_forward(x, state, linears)
-            states.append(state)
-            hiddens.append(hidden)
-        ctx.core, ctx.states, ctx.linears = core, states, linears
-        ctx.save_for_backward(x_projection)
-        reads = torch.stack([s.reads.flatten(1) for s in states[1:]])
-        return torch.stack(hiddens), reads
-
-    @staticmethod
-    def backward(ctx, d_hidden, d_reads):
-        (x_projection,) = ctx.saved_tensors
-        core, states, linears = ctx.core, ctx.states, ctx.linears
-        T = x_projection.shape[0]
-        d_state = _unflatten([torch.zeros_like(t) for t in _flatten(states[-1])])
-        d_x_projection = torch.empty_like(x_projection)
-        d_outputs, layer_inputs = [[] for _ in linears], [[] for _ in linears]
-        for t in range(T - 1, -1, -1):
-            d_x_projection[t], d_state, d_outs, ins = core.core_backward(x_projection[t], states[t], linears,
-                                                                         d_hidden[t], d_reads[t], d_state)
-            for k in range(len(linears)):
-                d_outputs[k].append(d_outs[k])
-                layer_inputs[k].append(ins[k])
-        d_linears = []
-        for (weight, bias), d_out, ins in zip(linears, d_outputs, layer_inputs):
-            d_out, ins = torch.cat(d_out), torch.cat(ins)  # (T B, out), (T B, in)
-            d_linears += [d_out.t() @ ins, None if bias is None else d_out.sum(0)]
-        ctx.states = ctx.linears = None
-        return None, None, d_x_projection, *_flatten(d_state), *d_linears
+        return d_x_projection, contiguous_state(d_state), d_outputs, layer_inputs

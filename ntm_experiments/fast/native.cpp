@@ -1,5 +1,5 @@
 // The NTM's recurrent core over a whole sequence on the CPU, forward and backward, written by
-// hand: the fast path's "native" core (ntm_experiments/models/ntm_native.py builds and loads it).
+// hand: the fast path's "native" core (native.py, beside this file, builds and loads it).
 //
 // It computes what NTM.forward computes between the input layer and the output layer, for every
 // time step: the controller's recurrent layers, the heads' linear layer, addressing (eqs. 5-9,
@@ -650,6 +650,6 @@ std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hid
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "the NTM's recurrent core over a sequence (see ntm_cpu.cpp)");
+  m.def("forward", &forward, "the NTM's recurrent core over a sequence (see native.cpp)");
   m.def("backward", &backward, "its gradients from the forward's saved tensors");
 }
