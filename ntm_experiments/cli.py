@@ -14,9 +14,10 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -69,6 +70,29 @@ def one_line(error: BaseException) -> str:
     return (": ".join(parts) if parts else "unknown error") + suffix
 
 
+def discard_empty_run_dir(run_dir: Path) -> None:
+    """Remove a run folder that a failed run left without events or a checkpoint, and the empty
+    ``outputs/<task>/<model>/`` folders above it (up to the working folder)."""
+    from .checkpoint import CHECKPOINT_NAME
+
+    if any(run_dir.glob("events.out.tfevents.*")) or (run_dir / CHECKPOINT_NAME).exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.resolve().parents:
+        if parent == Path.cwd() or Path.cwd() not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            break
+
+
+def exit_with_error(prog: str, error: BaseException) -> NoReturn:
+    """The error as one line on stderr, then exit 2."""
+    print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_cli(entry: Callable[[], object], prog: str) -> None:
     user_wants_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -77,8 +101,7 @@ def run_cli(entry: Callable[[], object], prog: str) -> None:
     except (RunError, HydraException, OmegaConfBaseException) as error:
         if user_wants_full_error:
             raise
-        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
+        exit_with_error(prog, error)
     except ValueError as error:  # Hydra's own command-line check, e.g. -m together with --cfg
         if user_wants_full_error or not str(error).startswith("Only one of --run"):
             raise

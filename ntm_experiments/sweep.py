@@ -1,4 +1,7 @@
-"""Sweeps: what a failed job leaves behind, the end-of-sweep summary, parallel-job sizing.
+"""Sweeps: a job's set-up and failure, the end-of-sweep summary, parallel-job sizing.
+
+``run_job`` runs one job of a sweep: its device (``job_device``: GPUs spread over the jobs),
+its CPU threads (joblib jobs share the cores: ``cpu_threads_per_job``), then training.
 
 A job of a sweep that fails writes one line to ``<job folder>/FAILED`` (``mark_failed``) and
 returns None, so Hydra's launchers (basic, joblib, submitit) and the Optuna sweeper (which marks
@@ -14,10 +17,12 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from .config import RunError, resolve_device
 
 log = logging.getLogger("ntm_experiments.sweep")
 
@@ -28,6 +33,55 @@ SUMMARY_NAME = "failed_jobs.txt"  # in the sweep folder: one "<job folder>: <rea
 LAST_SWEEP_FAILURES: list[tuple[str, str]] = []
 # the folder of the sweep this process is running (set when it starts), for ntm-train's last word
 CURRENT_SWEEP: list[Path] = []
+
+
+def job_device(device: str, job_num: int | None, cuda_devices: int) -> str:
+    """The device a job uses: with ``device=auto`` and several CUDA devices, job ``n`` of a
+    sweep takes ``cuda:(n mod count)``, so parallel jobs spread over the GPUs; otherwise
+    ``device`` is left as it is (``auto`` then means CUDA when present, else CPU)."""
+    if device != "auto" or job_num is None or cuda_devices < 2:
+        return device
+    return f"cuda:{job_num % cuda_devices}"
+
+
+def failure_line(error: BaseException) -> str:
+    """One line for a job that failed: our own message, out of memory, or the error's type and text."""
+    import torch
+
+    if isinstance(error, RunError):
+        return str(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of memory (try a smaller train.batch_size or model, or fewer parallel jobs per GPU)"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def run_job(train: Callable[[DictConfig, Path], float], cfg: DictConfig, hydra_cfg: DictConfig,
+            run_dir: Path) -> float | None:
+    """One job of a sweep: ``train(cfg, run_dir)`` on the job's device and threads. A job that
+    fails (a bad value, divergence, out of memory, ...) writes its one line to
+    ``<job folder>/FAILED`` and its log and returns None, so the launcher and sweeper carry on;
+    the sweep then ends with a summary of the failed jobs and exit code 1 (FailureReport)."""
+    import torch
+
+    try:
+        job_num = hydra_cfg.job.get("num")
+        cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count())
+        if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device)) == "cpu":
+            threads = cpu_threads_per_job(hydra_cfg.launcher.get("n_jobs"))  # the jobs share the cores
+            torch.set_num_threads(threads)
+            log.info("joblib job %s on the CPU: %d torch thread(s)", job_num, threads)
+        return train(cfg, run_dir)
+    except Exception as error:  # noqa: BLE001 - the sweep carries on; the job says why it failed
+        line = failure_line(error)
+        if isinstance(error, RunError):
+            log.error("job failed: %s", line)
+        else:
+            log.exception("job failed: %s", line)  # unexpected: the traceback goes to the job's log
+        mark_failed(run_dir, line)
+        # None, not NaN: every launcher passes it back as it is, and the Optuna sweeper marks the
+        # trial failed and goes on (a NaN makes optuna 2.x's study.tell raise, ending the search)
+        return None
 
 
 def mark_failed(job_dir: Path, line: str) -> None:

@@ -45,19 +45,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ntm_experiments.config import config_dir  # noqa: E402
 from ntm_experiments.fast import CORES, FastStep, PlainStep  # noqa: E402
-from ntm_experiments.models import make_model  # noqa: E402
-from ntm_experiments.optim import GravesRMSprop  # noqa: E402
-from ntm_experiments.tasks import make_task  # noqa: E402
+from ntm_experiments.run_state import build_run  # noqa: E402
 
 
 def build(task_name: str, model_name: str, overrides: list[str], device: torch.device):
+    """The config, task, model, trained parameters and optimiser, as ntm-train builds them (seed 0)."""
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"task={task_name}", f"model={model_name}", *overrides])
-    task = make_task(cfg.task)
-    torch.manual_seed(0)
-    model = make_model(cfg.model, task.input_width, task.output_width).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = GravesRMSprop(params, lr=cfg.train.lr, decay=cfg.train.decay, momentum=cfg.train.momentum, eps=cfg.train.eps)
+    task, model, opt, params = build_run(cfg, device)
     return cfg, task, model, params, opt
 
 

@@ -12,7 +12,6 @@ evaluation time as a fraction of the time it takes to train `eval.every` sequenc
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 import time
@@ -23,9 +22,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ntm_experiments.config import config_dir
 from ntm_experiments.evaluate import log_evaluation
-from ntm_experiments.models import make_model
-from ntm_experiments.optim import GravesRMSprop
-from ntm_experiments.tasks import make_task
+from ntm_experiments.fast import PlainStep
+from ntm_experiments.run_state import build_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,19 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="config", overrides=args.overrides)
-    torch.manual_seed(cfg.seed)
-    task = make_task(cfg.task)
-    model = make_model(cfg.model, task.input_width, task.output_width)
-    opt = GravesRMSprop(model.parameters(), lr=cfg.train.lr)
+    task, model, opt, params = build_run(cfg, torch.device("cpu"))
+    stepper = PlainStep(model, task, opt, params)
     rng = torch.Generator().manual_seed(cfg.seed)
 
     def train_step() -> None:
-        batch = task.sample(cfg.train.batch_size, rng)
-        loss = task.cost(model(batch.inputs), batch).mean() * math.log(2.0)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), cfg.train.clip_value)
-        opt.step()
+        stepper.forward_backward(task.sample(cfg.train.batch_size, rng))
+        stepper.update(cfg.train.clip_value)
 
     train_step()  # warm-up
     start = time.perf_counter()

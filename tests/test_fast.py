@@ -17,6 +17,7 @@ from ntm_experiments.fast.native import NativeNTM, NativeUnavailable
 from ntm_experiments.fast.sequence import SequenceNTM
 from ntm_experiments.models import NTM, make_model
 from ntm_experiments.optim import GravesRMSprop
+from ntm_experiments.run_state import build_run
 from ntm_experiments.tasks import make_task
 from ntm_experiments.train import COST_TAG, train
 
@@ -28,11 +29,8 @@ SMALL = {"ntm_ff": ["model.controller_size=24", "model.memory_rows=16", "model.m
 
 
 def build(task_name: str, model_name: str, seed: int = 0):
-    cfg = compose_config(f"task={task_name}", f"model={model_name}", *SMALL[model_name])
-    task = make_task(cfg.task)
-    torch.manual_seed(seed)
-    model = make_model(cfg.model, task.input_width, task.output_width)
-    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = compose_config(f"task={task_name}", f"model={model_name}", *SMALL[model_name], f"seed={seed}")
+    task, model, _, params = build_run(cfg, torch.device("cpu"))
     return cfg, task, model, params
 
 
@@ -189,10 +187,7 @@ def test_native_core_agrees_with_plain_at_the_papers_size(task_name, model_name)
     """The paper's own rows (memory 128 x 20; 4 read/write head pairs and 256 units for
     associative recall's NTM-FF), float32, against the plain path."""
     cfg = compose_config(f"task={task_name}", f"model={model_name}")
-    task = make_task(cfg.task)
-    torch.manual_seed(0)
-    model = make_model(cfg.model, task.input_width, task.output_width)
-    params = [p for p in model.parameters() if p.requires_grad]
+    task, model, _, params = build_run(cfg, torch.device("cpu"))
     opt = GravesRMSprop(params)
     fast = FastStep(model, task, opt, params, torch.device("cpu"))
     assert fast.core == "native"

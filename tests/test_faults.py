@@ -15,6 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import ntm_experiments.run_state as run_state_module
 import ntm_experiments.train as train_module
 from conftest import TINY, compose_config, ntm_train_exe, run_cli, scalars
 from ntm_experiments import checkpoint
@@ -145,7 +146,7 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch, fast_pa
         def __getattr__(self, name):
             return getattr(self.task, name)
 
-    monkeypatch.setattr(train_module, "make_task", lambda cfg: Poisoned(make_task(cfg)))
+    monkeypatch.setattr(run_state_module, "make_task", lambda cfg: Poisoned(make_task(cfg)))
     cost = train(_tiny("train.max_bad_steps=3", f"train.fast_path={fast_path}"), tmp_path)
     assert math.isfinite(cost)
     assert [v for _, v in scalars(tmp_path, "train/skipped_steps")] == [1, 2, 3]

@@ -31,18 +31,12 @@ def test_device_auto_trains_on_the_gpu(tmp_path):
 def _fast_and_plain(task_name: str, model_name: str, core: str | None = None):
     """Two identical models on the GPU, one trained by PlainStep, one by FastStep (CUDA graphs)."""
     from ntm_experiments.fast import FastStep, PlainStep
-    from ntm_experiments.models import make_model
-    from ntm_experiments.optim import GravesRMSprop
-    from ntm_experiments.tasks import make_task
+    from ntm_experiments.run_state import build_run
 
     cfg = compose_config(f"task={task_name}", f"model={model_name}")
-    task = make_task(cfg.task)
     steppers = []
     for kind in (PlainStep, FastStep):
-        torch.manual_seed(0)
-        model = make_model(cfg.model, task.input_width, task.output_width).cuda()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = GravesRMSprop(params, lr=cfg.train.lr)
+        task, model, opt, params = build_run(cfg, torch.device("cuda"))
         steppers.append(kind(model, task, opt, params) if kind is PlainStep else
                         kind(model, task, opt, params, torch.device("cuda"), core=core))
     return task, steppers

@@ -13,8 +13,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import MODELS, TINY, compose_config, ntm_train_exe, run_cli, run_dirs, scalars
-from ntm_experiments.sweep import FAILED_NAME, SUMMARY_NAME, cpu_threads_per_job, parallel_jobs
-from ntm_experiments.train import COST_TAG, job_device
+from ntm_experiments.sweep import FAILED_NAME, SUMMARY_NAME, cpu_threads_per_job, job_device, parallel_jobs
+from ntm_experiments.train import COST_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = [*TINY, "eval.pictures=false", "eval.every=64", "train.total_sequences=64"]

@@ -12,10 +12,9 @@ pytest.importorskip("triton")  # an optional dependency of the package (the test
 from conftest import compose_config  # noqa: E402
 from test_fast import VARIANTS, assert_is_the_models_function_in_float64, assert_steps_agree, build  # noqa: E402
 from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
-from ntm_experiments.models import make_model  # noqa: E402
+from ntm_experiments.run_state import build_run  # noqa: E402
 from ntm_experiments.fast.triton import TritonNTM  # noqa: E402
 from ntm_experiments.optim import GravesRMSprop  # noqa: E402
-from ntm_experiments.tasks import make_task  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -47,10 +46,7 @@ def test_fast_path_with_the_fused_core_agrees_with_plain(task_name, model_name):
 def test_fused_core_at_the_papers_size_agrees_with_plain():
     """The memory tile at its real size (128 x 20, padded to 128 x 32), float32."""
     cfg = compose_config("task=copy", "model=ntm_lstm")
-    task = make_task(cfg.task)
-    torch.manual_seed(0)
-    model = make_model(cfg.model, task.input_width, task.output_width).to(DEVICE)
-    params = [p for p in model.parameters() if p.requires_grad]
+    task, model, _, params = build_run(cfg, DEVICE)
     opt = GravesRMSprop(params)
     fast = FastStep(model, task, opt, params, DEVICE, graphs=False, core="triton")
     batch = task.sample(2, torch.Generator().manual_seed(5), length=4).to(DEVICE)

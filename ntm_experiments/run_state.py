@@ -1,0 +1,295 @@
+"""One training run's state, apart from the step that trains it, so one step can drive one run
+(train.py) or, later, a stack of them.
+
+  build_run       task, model, optimiser and trained parameters from a config (the one place
+                  they are built: ntm-train, scripts/bench.py, scripts/eval_overhead.py, tests)
+  DataStream      the run's own training batches, drawn on the CPU one batch ahead
+  LoggingWindow   the training cost and gradient norm summed between TensorBoard points
+  DivergenceGuard the last good state, non-finite steps skipped, restores, and when to give up
+  RunState        all of the above for one run folder: resume, writer, checkpoints, evaluations
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+from . import checkpoint
+from .config import ConfigError, RunError, TrainingDiverged, hparams
+from .evaluate import capacity_warnings, log_evaluation
+from .models import count_parameters, make_model
+from .optim import GravesRMSprop
+from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-report read back
+from .tasks import Batch, Task, make_task
+
+log = logging.getLogger("ntm_experiments.train")
+
+
+class RunParts(NamedTuple):
+    task: Task
+    model: torch.nn.Module
+    optimizer: GravesRMSprop
+    params: list[torch.Tensor]  # the parameters that train (the LSTM baseline holds one bias fixed)
+
+
+def build_run(cfg: DictConfig, device: torch.device) -> RunParts:
+    """The task, the model on ``device`` (its weights drawn from ``cfg.seed``) and the optimiser
+    with ``cfg.train``'s settings (§4.6)."""
+    torch.manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width).to(device)
+    optimizer = GravesRMSprop(model.parameters(), lr=cfg.train.lr, decay=cfg.train.decay,
+                              momentum=cfg.train.momentum, eps=cfg.train.eps)
+    return RunParts(task, model, optimizer, [p for p in model.parameters() if p.requires_grad])
+
+
+class DataStream:
+    """The run's training batches: drawn on the CPU from the run's own generator (so the CPU and
+    the GPU see the same data), the next one drawn while the device trains on this one."""
+
+    def __init__(self, task: Task, seed: int, batch_size: int, device: torch.device):
+        self.task, self.batch_size, self.device = task, batch_size, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = self.generator.get_state()  # before the batch drawn ahead: what a checkpoint saves
+        self.ahead: Batch | None = None
+
+    def _draw(self, remaining: int) -> Batch:
+        return self.task.sample(min(self.batch_size, remaining), self.generator).to(self.device)
+
+    def next(self, remaining: int) -> Batch:
+        """The batch to train on now: at most ``remaining`` sequences."""
+        batch = self.ahead if self.ahead is not None else self._draw(remaining)
+        self.state, self.ahead = self.generator.get_state(), None
+        return batch
+
+    def draw_ahead(self, remaining: int) -> None:
+        """Draw the next batch now (its copy to a GPU queued), if ``remaining`` sequences are left."""
+        if remaining > 0:
+            self.ahead = self._draw(remaining)
+
+    def restore(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+        self.state, self.ahead = state, None
+
+
+class LoggingWindow:
+    """What a TensorBoard point averages: the cost per sequence over every sequence since the
+    last point (so batches of different sizes weigh by their sequences) and the mean gradient
+    norm over its steps."""
+
+    def __init__(self):
+        self.cost_sum = self.grad_norm_sum = 0.0
+        self.steps = self.sequences = 0
+
+    def add(self, cost: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """cost (B,) bits per sequence of one applied step, its gradient norm ()."""
+        self.cost_sum += cost.sum().item()
+        self.grad_norm_sum += grad_norm.item()
+        self.steps += 1
+        self.sequences += cost.shape[0]
+
+    def close(self) -> tuple[float, float]:
+        """(mean cost, bits per sequence; mean gradient norm), and start a new window."""
+        means = self.cost_sum / self.sequences, self.grad_norm_sum / self.steps
+        self.__init__()
+        return means
+
+
+class DivergenceGuard:
+    """Non-finite steps (train.max_bad_steps, train.max_restores; conf/config.yaml): a step whose
+    loss or gradient is not finite is skipped and counted; after max_bad_steps in a row the model
+    and optimiser go back to the last good state (the last checkpoint's); after max_restores such
+    restores the run stops."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, seen: int,
+                 max_bad_steps: int, max_restores: int):
+        self.model, self.optimizer = model, optimizer
+        self.max_bad_steps, self.max_restores = max_bad_steps, max_restores
+        self.skipped = self.bad_in_row = self.restores = self.skipped_at_checkpoint = 0
+        self.remember(seen)
+
+    def remember(self, seen: int) -> None:
+        """The state a restore goes back to: the model and optimiser as they are now, at ``seen``."""
+        self.good = {"model": copy.deepcopy(self.model.state_dict()),
+                     "optimizer": copy.deepcopy(self.optimizer.state_dict()), "seen": seen}
+
+    @property
+    def good_seen(self) -> int:
+        return self.good["seen"]
+
+    def finite_step(self) -> None:
+        self.bad_in_row = 0
+
+    def bad_step(self) -> bool:
+        """Count a skipped step; True when it restored the last good state. TrainingDiverged
+        when the restores are used up."""
+        self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
+        if self.bad_in_row < self.max_bad_steps:
+            return False
+        self.restores, self.bad_in_row = self.restores + 1, 0
+        if self.restores > self.max_restores:
+            raise TrainingDiverged(f"training diverged: {self.max_bad_steps} non-finite steps in a row after "
+                                   f"{self.max_restores} restores of the state at {self.good_seen:,} sequences")
+        self.model.load_state_dict(self.good["model"])
+        self.optimizer.load_state_dict(self.good["optimizer"])
+        return True
+
+    def skipped_since_checkpoint(self) -> int:
+        """Steps skipped since the last call (one per checkpoint boundary)."""
+        since, self.skipped_at_checkpoint = self.skipped - self.skipped_at_checkpoint, self.skipped
+        return since
+
+
+def check_resumable(saved: dict, cfg: DictConfig) -> None:
+    """A run may only continue with the task, model and seed it started with."""
+    for key in ("task", "model", "seed", "train.batch_size"):
+        before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(now):
+            now = OmegaConf.to_container(now, resolve=True)
+        if before != now:
+            raise ConfigError(f"resume: the checkpoint was trained with {key}={before}, this run asks for "
+                              f"{key}={now}; only train.total_sequences, the optimiser settings (train.lr, ...) and logging settings may change")
+
+
+class RunState:
+    """One run in its folder: its parts, data stream, counters, TensorBoard writer, logging
+    window, divergence guard and checkpoint. ``RunState(cfg, run_dir, device)`` builds the run,
+    resumes it when ``cfg.resume`` asks, and opens its writer."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device):
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = run_dir / checkpoint.CHECKPOINT_NAME
+        for stale in run_dir.glob(f".{checkpoint.CHECKPOINT_NAME}.*.tmp"):  # a write cut short by a kill
+            stale.unlink()
+        self.task, self.model, self.optimizer, self.params = build_run(cfg, device)
+        self.data = DataStream(self.task, cfg.seed, cfg.train.batch_size, device)
+        self.total = cfg.train.total_sequences
+        self.seen, self.last_cost, self.best_eval = 0, math.nan, math.inf
+        self._resume()
+        self.guard = DivergenceGuard(self.model, self.optimizer, self.seen, cfg.train.max_bad_steps,
+                                     cfg.train.max_restores)
+        self.window = LoggingWindow()
+        self._open_writer()
+
+    def _resume(self) -> None:
+        cfg = self.cfg
+        resuming = cfg.resume not in (False, None, "false", "False")
+        if not resuming and self.checkpoint_path.exists():
+            raise ConfigError(f"{self.run_dir} already holds a checkpoint: pass resume=true to continue it, or use a new folder")
+        if not resuming:
+            return
+        saved = checkpoint.load(self.checkpoint_path)
+        check_resumable(saved["config"], cfg)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])  # this also brings back the saved lr, decay, ...
+        settings = {"lr": cfg.train.lr, "momentum": cfg.train.momentum, "decay": cfg.train.decay, "eps": cfg.train.eps}
+        for group in self.optimizer.param_groups:  # ... but the optimiser settings asked for now are the ones that apply
+            changed = {k: (group[k], v) for k, v in settings.items() if group[k] != v}
+            group.update(settings)
+        if changed:
+            log.info("resume: optimiser settings changed: %s",
+                     ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
+        checkpoint.restore_rng_states(saved["rng"], self.data.generator)
+        self.data.restore(self.data.generator.get_state())
+        self.seen, self.last_cost = saved["sequences_seen"], saved["last_cost"]
+        self.best_eval = saved.get("best_eval_cost", math.inf)
+        log.info("resumed %s at %d sequences", self.checkpoint_path, self.seen)
+
+    def _open_writer(self) -> None:
+        cfg = self.cfg
+        for warning in capacity_warnings(self.task, cfg.model.get("memory_rows"), cfg.eval):
+            log.warning(warning)
+        n_params, paper_params = count_parameters(self.model), cfg.paper.params
+        log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
+                 cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
+        # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
+        # (the checkpoint's own point, at step `seen`, stays)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.seen + 1 if self.seen else None)
+        if not self.seen:
+            self.writer.add_text("model/parameters", f"{n_params:,} (paper: {paper_params or 'n/a'})", 0)
+            self.writer.add_scalar("model/parameters", n_params, 0)
+            if paper_params:
+                self.writer.add_scalar("model/parameters_paper", paper_params, 0)
+            for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, {COST_TAG: math.nan}):
+                self.writer.file_writer.add_summary(summary)
+
+    # ------------------------------------------------------------ one step's outcome
+    def skip_step(self) -> bool:
+        """A non-finite step: counted, never applied; True when the last good state was restored
+        (a step holding optimiser state must then be told: ``optimizer_reloaded``)."""
+        try:
+            restored = self.guard.bad_step()
+        except TrainingDiverged as error:
+            self.writer.add_scalar("train/skipped_steps", self.guard.skipped, self.seen)
+            self.writer.close()
+            kept = f"checkpoint kept in {self.run_dir}" if self.checkpoint_path.exists() else "no checkpoint written yet"
+            raise TrainingDiverged(f"{error}; {kept} (try a lower train.lr)") from None
+        self.writer.add_scalar("train/skipped_steps", self.guard.skipped, self.seen)
+        if restored:
+            self.writer.add_scalar("train/restores", self.guard.restores, self.seen)
+            log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
+                        self.guard.max_bad_steps, self.guard.good_seen, self.guard.restores, self.guard.max_restores)
+        return restored
+
+    def record(self, cost: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """An applied step of cost (B,) bits per sequence: count it, and at the boundaries it
+        crosses log the window's means, evaluate and checkpoint. True when it logged a point."""
+        self.guard.finite_step()
+        before = self.seen
+        self.seen += cost.shape[0]
+        self.window.add(cost, grad_norm)
+        crossed = lambda every: self.seen // every > before // every or self.seen == self.total  # noqa: E731
+        cfg, logged = self.cfg, crossed(self.cfg.train.log_every)
+        if logged:
+            self.last_cost, mean_grad_norm = self.window.close()
+            self.writer.add_scalar(COST_TAG, self.last_cost, self.seen)
+            self.writer.add_scalar("train/grad_norm", mean_grad_norm, self.seen)
+            self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.seen)
+        if crossed(cfg.eval.every):  # generalisation suite, on fixed sequences
+            results = log_evaluation(self.writer, self.model, self.task, cfg.eval, self.seen, self.device)
+            self.best_eval = min(self.best_eval, sum(r.cost_bits for r in results) / len(results))
+        if crossed(cfg.train.checkpoint_every):  # always a logging boundary too (validated)
+            skipped = self.guard.skipped_since_checkpoint()
+            if skipped and self.seen < self.total:  # unstable since the last one: keep that one
+                log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
+                            skipped, self.seen)
+            else:
+                self.save_checkpoint()
+        return logged
+
+    # ------------------------------------------------------------ checkpoints and the end
+    def save_checkpoint(self) -> None:
+        """The run as it stands, atomically (checkpoint.save); skipped when a weight is not finite."""
+        self.writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
+        if not all(torch.isfinite(p).all() for p in self.params):  # a finite step can still overflow the weights
+            log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
+                        self.seen, self.guard.good_seen)
+            return
+        self.guard.remember(self.seen)
+        try:
+            checkpoint.save(self.checkpoint_path, {
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "sequences_seen": self.seen, "last_cost": self.last_cost, "best_eval_cost": self.best_eval,
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "rng": checkpoint.rng_states(self.data.generator, self.data.state)})
+        except OSError as error:
+            raise RunError(f"cannot write the checkpoint {self.checkpoint_path}: {error.strerror or error}; "
+                           "the previous checkpoint is kept") from error
+
+    def finish(self) -> float:
+        """Close the run; returns ``cfg.objective`` (bits per sequence)."""
+        if not self.checkpoint_path.exists():  # resumed a run that had already finished
+            self.save_checkpoint()
+        self.writer.close()
+        log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
+                 self.seen, self.last_cost, self.best_eval)
+        return float(self.last_cost if self.cfg.objective == "final_train_cost" else self.best_eval)
