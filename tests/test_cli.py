@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
     (["resume=true"], ["resume=true", "no run with a checkpoint"]),
     (["train.fast_path_core=fused"], ["train.fast_path_core=fused", "native, sequence, step, triton"]),
 ])
-def test_bad_input_gives_one_clear_line_and_nonzero_exit(workdir, args, names):
+def test_bad_input_gives_one_clear_line_and_exit_2(workdir, args, names):
     result = run_cli([*args, "train.total_sequences=16", "progress=false"], cwd=workdir, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("ntm-train: error: ")
@@ -43,6 +43,15 @@ def test_bad_input_gives_one_clear_line_and_nonzero_exit(workdir, args, names):
     assert "Traceback" not in result.stdout + result.stderr
     assert not list(workdir.rglob("checkpoint.pt")) and not list(workdir.rglob("events.out.tfevents.*"))
     assert not list(workdir.iterdir())  # not even an empty run folder is left behind
+
+
+def test_a_sweep_stopped_by_bad_input_before_any_job_exits_2_not_1(workdir):
+    """1 is for a sweep whose jobs ran and some failed; a sweep that cannot start is bad input."""
+    result = run_cli(["-m", "modle=x,y", "train.total_sequences=16", "progress=false"], cwd=workdir, timeout=120)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ntm-train: error: ") and "modle" in lines[0], result.stderr
+    assert not list(workdir.rglob(".hydra")) and not list(workdir.rglob("events.out.tfevents.*"))  # no job started
 
 
 @pytest.mark.slow
@@ -92,8 +101,9 @@ def _wait_for(path_glob, root: Path, proc: subprocess.Popen, timeout: float = 12
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_curve(tmp_path):
-    args = ["task=copy", "model=ntm_ff", "seed=3", *TINY]
-    total = 640
+    # the same path on both sides (the killed run's long total would turn the fast path on by itself)
+    args = ["task=copy", "model=ntm_ff", "seed=3", *TINY, "train.fast_path=false", "eval.pictures=false"]
+    total = 320
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
     result = run_cli([*args, f"train.total_sequences={total}"], cwd=straight)

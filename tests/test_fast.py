@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import platform
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from ntm_experiments.fast.sequence import SequenceNTM
 from ntm_experiments.models import NTM, make_model
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.run_state import build_run
-from ntm_experiments.tasks import make_task
+from ntm_experiments.tasks import Batch, make_task
 from ntm_experiments.train import COST_TAG, train
 
 # the pair's own structure (controller kind, heads, shift range, task widths) at a small size,
@@ -26,6 +28,7 @@ from ntm_experiments.train import COST_TAG, train
 SMALL = {"ntm_ff": ["model.controller_size=24", "model.memory_rows=16", "model.memory_width=6"],
          "ntm_lstm": ["model.controller_size=24", "model.memory_rows=16", "model.memory_width=6"],
          "lstm": ["model.hidden_size=24"]}
+NTM_MODELS = [m for m in MODELS if m != "lstm"]
 
 
 def build(task_name: str, model_name: str, seed: int = 0):
@@ -55,17 +58,87 @@ def assert_steps_agree(plain: PlainStep, fast: FastStep, batch) -> None:
         assert_close_to_float32_rounding(g_f, g_p, f"gradient of {name}")
 
 
-@pytest.mark.parametrize("model_name", MODELS)
+def test_plain_step_is_the_hand_computed_cost_gradient_clip_and_graves_update():
+    """Two PlainSteps on hand-built batches, in float64, against every stage written out here:
+    the masked cross-entropy in bits per sequence, the gradient of the batch mean of each
+    sequence's summed cross-entropy in nats, its norm before clipping, each element clipped to
+    +-clip_value, and Graves's RMSProp (n, m and the momentum carried into the second step)."""
+    clip, lr, decay, momentum, eps = 0.01, 3e-3, 0.95, 0.9, 1e-4
+    torch.manual_seed(0)
+    model = NTM(4, 3, controller="lstm", controller_size=5, memory_rows=6, memory_width=3).double()
+    params = [p for p in model.parameters() if p.requires_grad]
+    task = make_task(compose_config("task=copy").task)  # only its cost is used: Task.cost
+    step = PlainStep(model, task, GravesRMSprop(params, lr=lr, decay=decay, momentum=momentum, eps=eps), params)
+
+    reference = copy.deepcopy(model)
+    weights = [p.detach().clone() for p in reference.parameters() if p.requires_grad]
+    n, m, delta = ([torch.zeros_like(w) for w in weights] for _ in range(3))
+    generator = torch.Generator().manual_seed(7)
+    clipped_elements = unclipped_elements = 0
+    for _ in range(2):
+        T, B = 5, 3
+        inputs = torch.randn(T, B, 4, generator=generator, dtype=torch.float64) * 2
+        targets = torch.randint(0, 2, (T, B, 3), generator=generator).double()
+        mask = torch.zeros(T, B, 3, dtype=torch.float64)
+        mask[2:, 0, :2] = 1  # sequences of different lengths, an unscored channel,
+        mask[3:, 1, :2] = 1  # unscored steps before the answer
+        mask[1:, 2, :] = 1
+        batch = Batch(inputs, targets, mask)
+
+        # by hand, on the reference copy
+        logits = reference(inputs)
+        bce = -(targets * torch.nn.functional.logsigmoid(logits) + (1 - targets) * torch.nn.functional.logsigmoid(-logits))
+        expected_cost = (bce * mask).sum(dim=(0, 2)) / math.log(2)  # bits per sequence
+        objective = (bce * mask).sum() / B  # the batch mean of each sequence's summed cross-entropy, nats
+        ref_params = [p for p in reference.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(objective, ref_params)
+        expected_norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        clipped_elements += sum(int((g.abs() > clip).sum()) for g in grads)
+        unclipped_elements += sum(int((g.abs() < clip).sum()) for g in grads)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(ref_params, grads)):
+                g = g.clamp(-clip, clip)
+                n[i] = decay * n[i] + (1 - decay) * g * g
+                m[i] = decay * m[i] + (1 - decay) * g
+                delta[i] = momentum * delta[i] - lr * g / torch.sqrt(n[i] - m[i] * m[i] + eps)
+                p += delta[i]
+
+        cost, norm = step.forward_backward(batch)
+        step.update(clip)
+        torch.testing.assert_close(cost, expected_cost, rtol=1e-12, atol=0)
+        torch.testing.assert_close(norm, expected_norm, rtol=1e-12, atol=0)
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15, msg=name)
+    # the clip mattered (and did not clip everything): a missing or wrong clip would show above
+    assert clipped_elements > 0 and unclipped_elements > 0
+    assert max(g.abs().max() for g in grads) > 10 * clip
+
+
+@pytest.mark.parametrize("model_name", NTM_MODELS)
 @pytest.mark.parametrize("task_name", TASKS)
 def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name):
+    """The NTMs only: on the CPU the fast path leaves the LSTM baseline as it is (next test)."""
     cfg, task, model, params = build(task_name, model_name)
     opt = GravesRMSprop(params)
     plain, fast = PlainStep(model, task, opt, params), FastStep(model, task, opt, params, torch.device("cpu"))
+    assert fast.forward is not None and fast.core == "native"  # a core of its own, not the model's forward
     generator = torch.Generator().manual_seed(1)
     for _ in range(2):  # two batches of different lengths (where the task varies them), same compiled step
         batch = task.sample(4, generator)
         assert_steps_agree(plain, fast, batch)
-    assert fast.forward is not None if isinstance(model, NTM) else fast.forward is None
+
+
+def test_on_the_cpu_the_fast_path_runs_the_lstm_baselines_own_forward():
+    """nn.LSTM is a fused kernel already: FastStep keeps the model's forward (no core, no graphs on
+    the CPU), so its step is the plain step itself, bit for bit; there is nothing more to compare."""
+    _, task, model, params = build("copy", "lstm")
+    opt = GravesRMSprop(params)
+    plain, fast = PlainStep(model, task, opt, params), FastStep(model, task, opt, params, torch.device("cpu"))
+    assert fast.forward is None and fast.core is None and not fast.graphs
+    batch = task.sample(4, torch.Generator().manual_seed(1))
+    (cost_p, norm_p, grads_p), (cost_f, norm_f, grads_f) = gradients(plain, batch), gradients(fast, batch)
+    assert torch.equal(cost_f, cost_p) and torch.equal(norm_f, norm_p)
+    assert all(torch.equal(a, b) for a, b in zip(grads_f, grads_p))
 
 
 @pytest.mark.parametrize("task_name, model_name", [("repeat_copy", "ntm_lstm"), ("priority_sort", "ntm_ff")])

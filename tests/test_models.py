@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters
+from conftest import MODELS, TASKS, compose_config
+from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters, make_model
+from ntm_experiments.tasks import make_task
 from ntm_experiments.optim import GravesRMSprop
 
 SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
@@ -20,6 +25,39 @@ SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
 ])
 def test_lstm_parameter_counts_equal_table_3(widths, hidden, count):
     assert count_parameters(StackedLSTM(*widths, hidden_size=hidden, layers=3)) == count
+
+
+def readme_parameter_table() -> dict[tuple[str, str], tuple[int, int]]:
+    """README's "Parameter counts, ours (paper's Tables 1-3)" table: (task, model) -> (ours, paper)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = text.split("Parameter counts, ours (paper's Tables 1", 1)[1].split("\n\n")[1]
+    header, _, *rows = table.strip().splitlines()
+    models = [c.strip() for c in header.strip("|").split("|")][1:]
+    counts = {}
+    for row in rows:
+        task, *cells = [c.strip() for c in row.strip("|").split("|")]
+        for model, cell in zip(models, cells):
+            ours, paper = re.fullmatch(r"([\d,]+) \(([\d,]+)\)", cell).groups()
+            counts[(task, model)] = (int(ours.replace(",", "")), int(paper.replace(",", "")))
+    return counts
+
+
+README_COUNTS = readme_parameter_table()
+
+
+def test_the_readme_table_has_every_task_and_model():
+    assert sorted(README_COUNTS) == sorted((t, m) for t in TASKS for m in MODELS)
+
+
+@pytest.mark.parametrize("task, model", sorted(README_COUNTS))
+def test_parameter_counts_equal_the_readmes_table(task, model):
+    """Each pair's model, built from its composed config (the paper's row), has the count the
+    README prints, and the paper's figure beside it is the one the run logs (paper.params)."""
+    ours, paper = README_COUNTS[(task, model)]
+    cfg = compose_config(f"task={task}", f"model={model}")
+    task_ = make_task(cfg.task)
+    assert count_parameters(make_model(cfg.model, task_.input_width, task_.output_width)) == ours
+    assert cfg.paper.params == paper
 
 
 NTM_VARIANTS = [

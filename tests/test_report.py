@@ -182,6 +182,76 @@ def test_landmark_sentences_state_agreement_in_numbers():
     assert "inconclusive: our runs stop at 300k" in landmark_line(lstm, ("at", 1000, 0.5))
 
 
+def _verdict(line: str) -> str:
+    """The verdict of a landmark sentence: after "; " for a cost, before " (per seed" for a reach."""
+    return line.split(" (per seed")[0].rsplit("; ", 1)[1]
+
+
+@pytest.mark.parametrize("first_below, verdict", [
+    (149_000, "agrees"), (151_000, "disagrees: slower"),  # ratio 1.49 / 1.51 of the paper's 100k
+    (67_114, "agrees"), (66_225, "disagrees: faster"),    # ratio 1/1.49 / 1/1.51
+    (100_000, "agrees"),
+])
+def test_reaching_a_cost_agrees_within_a_factor_of_one_and_a_half(first_below, verdict):
+    s = _summary("copy", "ntm_ff", [[(1_000, 50.0), (first_below - 1_000, 0.2), (first_below, 0.09),
+                                      (first_below + 1_000, 0.01)]])
+    line = landmark_line(s, ("below", 0.1, 100))
+    assert _verdict(line) == verdict, line
+    assert f"below 0.1 bits at {first_below / 1000:.3g}k sequences (paper: 100k)" in line
+
+
+@pytest.mark.parametrize("reached, verdict", [
+    (99_000, "inconclusive: the runs stop before the paper's landmark"),  # never below, stopped short of it
+    (100_000, "disagrees: slower"),  # never below, and past the paper's point
+    (400_000, "disagrees: slower"),
+])
+def test_never_reaching_a_cost_is_inconclusive_only_before_the_papers_point(reached, verdict):
+    s = _summary("copy", "ntm_ff", [[(1_000, 50.0), (reached, 0.11)]])
+    line = landmark_line(s, ("below", 0.1, 100))
+    assert line.startswith(f"copy, NTM-FF: not below 0.1 bits within {reached / 1000:.3g}k sequences (paper: 100k); ")
+    assert _verdict(line) == verdict, line
+
+
+@pytest.mark.parametrize("ours, paper, verdict", [
+    (2.49, 2.0, "agrees"), (2.51, 2.0, "disagrees: higher"),  # 25 % of 2 bits is 0.5
+    (1.51, 2.0, "agrees"), (1.49, 2.0, "disagrees: lower"),
+    (0.29, 0.2, "agrees"), (0.31, 0.2, "disagrees: higher"),  # 25 % of 0.2 is 0.05: the 0.1-bit floor applies
+    (0.11, 0.2, "agrees"), (0.09, 0.2, "disagrees: lower"),
+    (0.2, 0.2, "agrees"),
+])
+def test_a_cost_at_a_point_agrees_within_a_quarter_or_a_tenth_of_a_bit(ours, paper, verdict):
+    # the point itself between two logged points, and the runs go on past it: read off the median curve
+    s = _summary("copy", "lstm", [[(150_000, 1.5 * ours), (250_000, 0.5 * ours), (400_000, 0.25 * ours)]])
+    line = landmark_line(s, ("at", 200, paper))
+    assert line == f"copy, LSTM: {ours:.3g} bits at 200k sequences (paper: {paper:g}); {verdict}"
+
+
+def test_a_cost_at_a_point_the_runs_never_reached_is_inconclusive():
+    s = _summary("copy", "lstm", [[(100_000, 4.0), (199_000, 0.5)]])
+    assert landmark_line(s, ("at", 200, 0.5)) == \
+        "copy, LSTM: at 200k sequences the paper has 0.5 bits; inconclusive: our runs stop at 199k sequences"
+    before = _summary("copy", "lstm", [[(201_000, 0.5), (300_000, 0.5)]])  # nor one before our first point
+    assert "inconclusive" in landmark_line(before, ("at", 200, 0.5))
+
+
+@pytest.mark.parametrize("mean, verdict", [
+    (166.6, "agrees"), (166.8, "disagrees: higher"),  # 133.35 +- 25 % = 100.01 .. 166.69
+    (100.1, "agrees"), (99.9, "disagrees: lower"),
+])
+def test_the_ngram_landmark_is_the_mean_over_its_range(mean, verdict):
+    # 900k, 950k, 1000k inside the range (mean `mean`); 850k and 1050k outside it, far off
+    curve = [(850_000, 500.0), (900_000, mean - 1), (950_000, mean), (1_000_000, mean + 1), (1_050_000, 0.0)]
+    line = landmark_line(_summary("ngrams", "ntm_ff", [curve]), ("mean", (900, 1000), 133.35))
+    assert line == f"ngrams, NTM-FF: {mean:.3g} bits mean over 900k-1000k sequences (paper: 133.35); {verdict}"
+
+
+def test_an_ngram_run_that_stops_before_the_range_is_inconclusive():
+    line = landmark_line(_summary("ngrams", "lstm", [[(100_000, 140.0), (899_000, 135.7)]]),
+                         ("mean", (900, 1000), 135.7))
+    assert line == ("ngrams, LSTM: mean over 900k-1000k sequences the paper has 135.7 bits; inconclusive: our runs "
+                    "stop at 899k sequences")
+
+
 def test_short_runs_get_a_second_panel_on_their_own_range():
     """On the paper's 1,000k axis a 50k run is a sliver: a second panel shows 0 to where our runs stop."""
     copy_figure = next(f for f in FIGURES if f.task == "copy")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
+import ntm_experiments.train as train_module
 from conftest import MODELS, TASKS, compose_config, scalars
 from ntm_experiments.train import COST_TAG, train
 
@@ -43,3 +45,59 @@ def test_uneven_last_batch_stops_exactly_at_the_total(tmp_path):
                          "train.batch_size=4", "train.log_every=5", "train.checkpoint_every=10", "progress=false")
     train(cfg, tmp_path)
     assert [s for s, _ in scalars(tmp_path, COST_TAG)] == [8, 10]
+
+
+def test_training_lowers_the_cost(tmp_path):
+    """1,920 sequences of a small copy task (4-bit vectors, lengths 1 to 3) on a small NTM-FF,
+    plain path: the last logged cost is under half the first, and under half of knowing nothing
+    (one bit per scored bit, 2 x 4 bits per sequence on average): the model learnt to copy."""
+    cfg = compose_config("task=copy", "task.bits=4", "task.max_length=3", "model=ntm_ff", "model.controller_size=16",
+                         "model.memory_rows=8", "model.memory_width=6", "train.lr=3e-3", "train.fast_path=false",
+                         "train.total_sequences=1920", "train.batch_size=8", "train.log_every=192",
+                         "train.checkpoint_every=1920", "eval.every=1920", "eval.sequences=4", "eval.pictures=false",
+                         "progress=false")
+    train(cfg, tmp_path)
+    curve = [v for _, v in scalars(tmp_path, COST_TAG)]
+    assert len(curve) == 10
+    first, last = curve[0], curve[-1]
+    assert last < first / 2 and last < 8 / 2, curve
+
+
+def test_logged_cost_is_the_sequence_weighted_mean_of_the_windows_batch_costs(tmp_path, monkeypatch):
+    """Batches of 4, 22 sequences, a point every 12: the windows hold batches of 4, 4, 4 and
+    4, 4, 2 (the run's last, partial batch). Each logged cost is the sum of the window's
+    sequences' costs over its sequences; the gradient norm the mean of its steps' norms."""
+    real = train_module.make_train_step
+    costs, norms = [], []
+
+    def recording(*args, **kwargs):
+        stepper = real(*args, **kwargs)
+        forward_backward = stepper.forward_backward
+
+        def record(batch):
+            cost, norm = forward_backward(batch)
+            costs.append(cost.detach().double().clone())
+            norms.append(float(norm))
+            return cost, norm
+        stepper.forward_backward = record
+        return stepper
+
+    monkeypatch.setattr(train_module, "make_train_step", recording)
+    cfg = compose_config("task=copy", "model=lstm", "model.hidden_size=8", "train.total_sequences=22",
+                         "train.batch_size=4", "train.log_every=12", "train.checkpoint_every=24", "eval.sequences=4",
+                         "eval.pictures=false", "progress=false")
+    final = train(cfg, tmp_path)
+    assert [len(c) for c in costs] == [4, 4, 4, 4, 4, 2]
+    logged = scalars(tmp_path, COST_TAG)
+    assert [s for s, _ in logged] == [12, 22]
+    for (_, value), window in zip(logged, (costs[:3], costs[3:])):
+        weighted = float(torch.cat(window).sum()) / sum(len(c) for c in window)
+        assert value == pytest.approx(weighted, rel=1e-6)
+    assert final == pytest.approx(logged[-1][1], rel=1e-6)
+    for (_, value), steps in zip(scalars(tmp_path, "train/grad_norm"), (norms[:3], norms[3:])):
+        assert value == pytest.approx(sum(steps) / len(steps), rel=1e-6)
+    # the mixed window tells the sequence-weighted mean from its stand-ins
+    window = costs[3:]
+    last_batch, mean_of_means = float(window[-1].mean()), sum(float(c.mean()) for c in window) / len(window)
+    assert logged[-1][1] != pytest.approx(last_batch, rel=1e-3)
+    assert logged[-1][1] != pytest.approx(mean_of_means, rel=1e-3)
