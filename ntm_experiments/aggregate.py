@@ -20,7 +20,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError
+from .errors import ConfigError
 from .runs import (Band, Run, band, group, load_runs, median, save_figure, sequences_to_threshold,
                    write_atomic)
 

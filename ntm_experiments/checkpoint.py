@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -21,7 +21,7 @@ from typing import Callable
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import RunError
+from .errors import RunError
 
 _DETAIL = re.compile(r"^\s*(full_key|object_type|reference_type|Config search path|provider=|To append)")
 
@@ -121,7 +121,9 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     from omegaconf import OmegaConf
 
     from . import checkpoint
-    from .config import Config, resolve_device, validate
+    from .devices import resolve_device
+    from .schema import Config
+    from .validation import validate
     from .evaluate import as_dicts, capacity_warnings, evaluate, example_figure, results_table
     from .models import make_model
     from .runs import save_figure, write_atomic

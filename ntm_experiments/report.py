@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
-from .config import RunError
+from .errors import RunError
 from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
 
 PAPER_MODELS = {"NTM-FF": "ntm_ff", "NTM-LSTM": "ntm_lstm", "LSTM": "lstm"}
@@ -177,7 +177,7 @@ def example_pictures(summary: Summary, out: Path) -> list[Path]:
     from omegaconf import OmegaConf
 
     from . import checkpoint
-    from .config import Config
+    from .schema import Config
     from .evaluate import example_figure
     from .models import make_model
     from .tasks import make_task

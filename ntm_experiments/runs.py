@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from .errors import ConfigError
 
 COST_TAG = "train/cost_bits_per_sequence"  # the training cost train.py logs, bits per sequence
 EVAL_PREFIX, EVAL_SUFFIX = "eval/", "/cost_bits_per_sequence"

@@ -13,6 +13,7 @@ import math
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
@@ -24,7 +25,9 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import ConfigError, RunError, TrainingDiverged, config_dir, hparams, resolve_device, validate
+from .config import config_dir
+from .devices import job_device, resolve_device
+from .errors import ConfigError, RunError, TrainingDiverged
 from .evaluate import capacity_warnings, log_evaluation
 from .fast import make_train_step, use_fast_path
 from .sweep import cpu_threads_per_job, mark_failed
@@ -32,9 +35,24 @@ from .models import count_parameters, make_model
 from .optim import GravesRMSprop
 from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-report read back
 from .tasks import make_task
+from .validation import validate
 
 log = logging.getLogger("ntm_experiments.train")
 
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Flat {dotted key: scalar} view of the run's settings, for TensorBoard's hparams."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
 
 
 def check_resumable(saved: dict, cfg: DictConfig) -> None:
@@ -211,15 +229,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
              seen, last_cost, best_eval)
     return float(last_cost if cfg.objective == "final_train_cost" else best_eval)
-
-
-def job_device(device: str, job_num: int | None, cuda_devices: int) -> str:
-    """The device a job uses: with ``device=auto`` and several CUDA devices, job ``n`` of a
-    sweep takes ``cuda:(n mod count)``, so parallel jobs spread over the GPUs; otherwise
-    ``device`` is left as it is (``auto`` then means CUDA when present, else CPU)."""
-    if device != "auto" or job_num is None or cuda_devices < 2:
-        return device
-    return f"cuda:{job_num % cuda_devices}"
 
 
 def _failure_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from conftest import MODELS, TASKS, compose_config, scalars
-from ntm_experiments.config import ConfigError, validate
+from ntm_experiments.errors import ConfigError
 from ntm_experiments.fast import FastStep, PlainStep, use_fast_path
 from ntm_experiments.models import NTM, make_model
 from ntm_experiments.models import ntm_native
@@ -19,6 +19,7 @@ from ntm_experiments.models.ntm_sequence import SequenceNTM
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import make_task
 from ntm_experiments.train import COST_TAG, train
+from ntm_experiments.validation import validate
 
 # the pair's own structure (controller kind, heads, shift range, task widths) at a small size,
 # so compiling each of the 15 pairs stays quick

@@ -1,13 +1,15 @@
-"""The training loop, in-process: every pair trains, curves are reproducible, main returns the cost."""
+"""The training loop, in-process: every pair trains, curves are reproducible, main returns the cost,
+the settings logged as TensorBoard hparams."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import MODELS, TASKS, compose_config, scalars
-from ntm_experiments.train import COST_TAG, train
+from ntm_experiments.train import COST_TAG, hparams, train
 
 SHORT = ["train.total_sequences=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4", "eval.sequences=4",
          "progress=false"]
@@ -43,3 +45,10 @@ def test_uneven_last_batch_stops_exactly_at_the_total(tmp_path):
                          "train.batch_size=4", "train.log_every=5", "train.checkpoint_every=10", "progress=false")
     train(cfg, tmp_path)
     assert [s for s, _ in scalars(tmp_path, COST_TAG)] == [8, 10]
+
+
+def test_hparams_are_flat_scalars():
+    flat = hparams(compose_config("task=priority_sort", "model=ntm_lstm"))
+    assert flat["model.read_heads"] == 5 and flat["train.lr"] == 3e-5 and flat["task.name"] == "priority_sort"
+    assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
+    assert OmegaConf.is_config(compose_config()) is True
