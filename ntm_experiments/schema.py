@@ -1,9 +1,9 @@
-"""Dataclass schemas behind the YAML in ``conf/``.
+"""Dataclass schemas behind the YAML in ``conf/``: the keys and their types, no values.
 
 Every YAML file in ``conf/`` extends one of the schemas below, so a mistyped key or a
 value of the wrong type fails when Hydra composes the config, before anything runs.
-The values themselves (and the comments saying where each comes from) live in the
-YAML; the defaults here are only what the schema falls back to.
+Each value, with the comment saying where it comes from, lives once, in the YAML; here
+every key is ``MISSING`` (``???``), so a key the YAML forgot to set fails when read.
 """
 
 from __future__ import annotations
@@ -23,47 +23,42 @@ class TaskConfig:
 
 @dataclass
 class CopyConfig(TaskConfig):
-    name: str = "copy"
-    bits: int = 8
-    min_length: int = 1
-    max_length: int = 20
-    spare_channels: int = 1
+    bits: int = MISSING
+    min_length: int = MISSING
+    max_length: int = MISSING
+    spare_channels: int = MISSING
 
 
 @dataclass
 class RepeatCopyConfig(TaskConfig):
-    name: str = "repeat_copy"
-    bits: int = 6
-    min_length: int = 1
-    max_length: int = 10
-    min_repeats: int = 1
-    max_repeats: int = 10
-    repeats_mean: float = 5.5
-    repeats_std: float = 2.872
+    bits: int = MISSING
+    min_length: int = MISSING
+    max_length: int = MISSING
+    min_repeats: int = MISSING
+    max_repeats: int = MISSING
+    repeats_mean: float = MISSING
+    repeats_std: float = MISSING
 
 
 @dataclass
 class AssociativeRecallConfig(TaskConfig):
-    name: str = "associative_recall"
-    bits: int = 6
-    item_length: int = 3
-    min_items: int = 2
-    max_items: int = 6
+    bits: int = MISSING
+    item_length: int = MISSING
+    min_items: int = MISSING
+    max_items: int = MISSING
 
 
 @dataclass
 class NGramsConfig(TaskConfig):
-    name: str = "ngrams"
-    context: int = 5
-    length: int = 200
+    context: int = MISSING
+    length: int = MISSING
 
 
 @dataclass
 class PrioritySortConfig(TaskConfig):
-    name: str = "priority_sort"
-    bits: int = 8
-    num_inputs: int = 20
-    num_outputs: int = 16
+    bits: int = MISSING
+    num_inputs: int = MISSING
+    num_outputs: int = MISSING
 
 
 # ---------------------------------------------------------------- models (§3, §4)
@@ -74,57 +69,57 @@ class ModelConfig:
 
 @dataclass
 class NTMConfig(ModelConfig):
-    controller: str = "lstm"
-    controller_size: int = 100
-    controller_layers: int = 1
-    read_heads: int = 1
-    write_heads: int = 1
-    memory_rows: int = 128
-    memory_width: int = 20
-    shift_range: int = 1
-    memory_init: str = "learned"
-    memory_init_value: float = 1e-6
-    initial_focus: float = 8.0
+    controller: str = MISSING
+    controller_size: int = MISSING
+    controller_layers: int = MISSING
+    read_heads: int = MISSING
+    write_heads: int = MISSING
+    memory_rows: int = MISSING
+    memory_width: int = MISSING
+    shift_range: int = MISSING
+    memory_init: str = MISSING
+    memory_init_value: float = MISSING
+    initial_focus: float = MISSING
 
 
 @dataclass
 class LSTMConfig(ModelConfig):
-    hidden_size: int = 256
-    layers: int = 3
+    hidden_size: int = MISSING
+    layers: int = MISSING
 
 
 # ---------------------------------------------------------------- training (§4.6)
 @dataclass
 class TrainConfig:
-    lr: float = 1e-4
-    momentum: float = 0.9
-    decay: float = 0.95
-    eps: float = 1e-4
-    clip_value: float = 10.0
-    max_bad_steps: int = 10
-    max_restores: int = 3
-    total_sequences: int = 1_000_000
-    batch_size: int = 16
-    log_every: int = 1_000
-    checkpoint_every: int = 10_000
-    fast_path: str = "auto"
-    fast_path_core: str = "auto"
-    fast_path_min_sequences: int = 5_000
+    lr: float = MISSING
+    momentum: float = MISSING
+    decay: float = MISSING
+    eps: float = MISSING
+    clip_value: float = MISSING
+    max_bad_steps: int = MISSING
+    max_restores: int = MISSING
+    total_sequences: int = MISSING
+    batch_size: int = MISSING
+    log_every: int = MISSING
+    checkpoint_every: int = MISSING
+    fast_path: str = MISSING
+    fast_path_core: str = MISSING
+    fast_path_min_sequences: int = MISSING
 
 
 @dataclass
 class EvalConfig:
-    every: int = 10_000
-    sequences: int = 64
-    seed: int = 1234
-    lengths: Optional[list[int]] = None
-    pictures: bool = True
+    every: int = MISSING
+    sequences: int = MISSING
+    seed: int = MISSING
+    lengths: Optional[list[int]] = MISSING
+    pictures: bool = MISSING
 
 
 @dataclass
 class PaperRow:
-    table: str = ""
-    params: Optional[int] = None
+    table: str = MISSING
+    params: Optional[int] = MISSING
 
 
 @dataclass
@@ -134,12 +129,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paper: PaperRow = field(default_factory=PaperRow)
-    seed: int = 0
-    device: str = "auto"
-    resume: Any = False
-    progress: bool = True
-    budget: str = "custom"                  # which budget (conf/budget/) set the run's length; "custom" if none
-    objective: str = "final_train_cost"     # what main() returns for sweepers to minimise
+    seed: int = MISSING
+    device: str = MISSING
+    resume: Any = MISSING
+    progress: bool = MISSING
+    budget: str = MISSING
+    objective: str = MISSING
 
 
 def register_configs() -> None:

@@ -11,14 +11,13 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, compose_config, run_cli, run_dirs, scalars
+from conftest import TINY, build_task, compose_config, run_cli, run_dirs, scalars
 from ntm_experiments.evaluate import evaluate, example_figure, setting_batch, used_rows
 from ntm_experiments.models import make_model
-from ntm_experiments.tasks import AssociativeRecall, Copy, NGrams, PrioritySort, RepeatCopy
 
 
 def test_copy_suite_has_the_papers_lengths():
-    task = Copy()
+    task = build_task("copy")
     suite = task.suite()
     assert [s.name for s in suite] == ["length_10", "length_20", "length_30", "length_50", "length_120"]
     for index, setting in enumerate(suite):
@@ -30,7 +29,7 @@ def test_copy_suite_has_the_papers_lengths():
 
 
 def test_repeat_copy_suite_has_fig8_settings():
-    task = RepeatCopy()
+    task = build_task("repeat_copy")
     suite = {s.name: s for s in task.suite()}
     assert set(suite) == {"training_range", "length_10_repeats_20", "length_20_repeats_10"}
     for name, (length, repeats) in {"length_10_repeats_20": (10, 20), "length_20_repeats_10": (20, 10)}.items():
@@ -43,7 +42,7 @@ def test_repeat_copy_suite_has_fig8_settings():
 
 
 def test_associative_recall_suite_has_fig11_item_counts():
-    task = AssociativeRecall()
+    task = build_task("associative_recall")
     assert [s.name for s in task.suite()] == ["items_6", "items_10", "items_15", "items_20"]
     for setting in task.suite():
         batch = task.sample(5, torch.Generator().manual_seed(2), **setting.setting)
@@ -54,11 +53,11 @@ def test_associative_recall_suite_has_fig11_item_counts():
 
 
 def test_ngram_and_priority_sort_suites():
-    (validation,) = NGrams().suite()
+    (validation,) = build_task("ngrams").suite()
     assert validation.sequences == 1000
-    batch = NGrams().sample(validation.sequences, torch.Generator().manual_seed(0), **validation.setting)
+    batch = build_task("ngrams").sample(validation.sequences, torch.Generator().manual_seed(0), **validation.setting)
     assert batch.inputs.shape == (200, 1000, 1)
-    sort = PrioritySort()
+    sort = build_task("priority_sort")
     names = [s.name for s in sort.suite()]
     assert names == ["inputs_20_outputs_16", "inputs_30_outputs_24"]
     longer = sort.sample(2, torch.Generator().manual_seed(0), **sort.suite()[1].setting)
@@ -67,7 +66,7 @@ def test_ngram_and_priority_sort_suites():
 
 def test_evaluation_sees_the_same_sequences_every_time_and_scores_the_ngram_optimum():
     cfg = compose_config("task=ngrams", "model=ntm_ff", "model.controller_size=8", "model.memory_rows=8")
-    task = NGrams()
+    task = build_task("ngrams")
     torch.manual_seed(0)
     model = make_model(cfg.model, 1, 1)
     first, again = evaluate(model, task, cfg.eval), evaluate(model, task, cfg.eval)
@@ -85,8 +84,8 @@ def test_wrong_bits_count_only_scored_bits():
     for p in model.parameters():
         torch.nn.init.zeros_(p)
     torch.nn.init.constant_(model.output.bias, 10.0)  # always outputs 1 with confidence
-    (result,) = evaluate(model, Copy(), cfg.eval)
-    batch = setting_batch(Copy(), Copy().suite([3])[0], 5, cfg.eval.seed, 0)
+    (result,) = evaluate(model, build_task("copy"), cfg.eval)
+    batch = setting_batch(build_task("copy"), build_task("copy").suite([3])[0], 5, cfg.eval.seed, 0)
     zeros = ((batch.targets == 0).float() * batch.mask).sum().item() / 5
     assert result.wrong_bits == pytest.approx(zeros)  # every scored 0 is wrong, nothing else counts
     assert result.target_bits == 24
@@ -95,7 +94,7 @@ def test_wrong_bits_count_only_scored_bits():
 def test_example_figure_has_ntm_panels():
     cfg = compose_config("task=copy", "model=ntm_lstm", "model.controller_size=8", "model.memory_rows=16")
     model = make_model(cfg.model, 10, 9)
-    figure = example_figure(model, Copy(), Copy().suite([4])[0], seed=0)
+    figure = example_figure(model, build_task("copy"), build_task("copy").suite([4])[0], seed=0)
     labels = [ax.get_ylabel() for ax in figure.axes if ax.get_ylabel()]
     assert labels[:3] == ["inputs", "targets", "outputs"]
     assert any("write" in label for label in labels) and any("read" in label for label in labels)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters
+from conftest import conf_settings
+from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters, make_model
 from ntm_experiments.optim import GravesRMSprop
 
 SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
+
+
+def ntm(input_size: int, output_size: int, controller: str, **overrides) -> NTM:
+    """conf/model/ntm_<controller>.yaml's NTM, with ``overrides``."""
+    return NTM(input_size, output_size, **conf_settings("model", f"ntm_{controller}", **overrides))
 
 
 @pytest.mark.parametrize("widths, hidden, count", [
@@ -19,7 +25,8 @@ SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
     ((10, 8), 128, 348_424),     # priority sort (the paper prints 384,424: a misprint)
 ])
 def test_lstm_parameter_counts_equal_table_3(widths, hidden, count):
-    assert count_parameters(StackedLSTM(*widths, hidden_size=hidden, layers=3)) == count
+    network = StackedLSTM(*widths, **conf_settings("model", "lstm", hidden_size=hidden, layers=3))
+    assert count_parameters(network) == count
 
 
 NTM_VARIANTS = [
@@ -34,7 +41,7 @@ NTM_VARIANTS = [
 @pytest.mark.parametrize("variant", NTM_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 def test_ntm_forward_trace_and_state(variant):
     torch.manual_seed(0)
-    model = NTM(5, 4, **SMALL, **variant)
+    model = ntm(5, 4, **SMALL, **variant)
     x = torch.randn(7, 3, 5)
     logits, trace = model(x, trace=True)
     assert logits.shape == (7, 3, 4) and torch.isfinite(logits).all()
@@ -62,7 +69,7 @@ def test_stacked_lstm_is_the_table_3_network_step_by_step():
     """The fused per-layer nn.LSTM equals the paper's network written out one cell at a time: input to
     every layer, the layer below to each upper layer, one bias per gate, output reading all layers."""
     torch.manual_seed(4)
-    model = StackedLSTM(5, 4, hidden_size=6, layers=3)
+    model = StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=6, layers=3))
     with torch.no_grad():
         model.h0.normal_(), model.c0.normal_()
     x = torch.randn(7, 3, 5)
@@ -82,9 +89,9 @@ def test_stacked_lstm_is_the_table_3_network_step_by_step():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: NTM(5, 4, controller="ff", **SMALL),
-    lambda: NTM(5, 4, controller="lstm", memory_init="constant", **SMALL),
-    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+    lambda: ntm(5, 4, controller="ff", **SMALL),
+    lambda: ntm(5, 4, controller="lstm", memory_init="constant", **SMALL),
+    lambda: StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=12, layers=3)),
 ], ids=["ntm_ff", "ntm_lstm", "lstm"])
 def test_no_hidden_state_between_calls(make):
     """Episodic (§4): every call starts from the learned initial state, whatever ran before."""
@@ -98,9 +105,9 @@ def test_no_hidden_state_between_calls(make):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: NTM(5, 4, controller="ff", **SMALL),
-    lambda: NTM(5, 4, controller="lstm", read_heads=2, write_heads=2, **SMALL),
-    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+    lambda: ntm(5, 4, controller="ff", **SMALL),
+    lambda: ntm(5, 4, controller="lstm", read_heads=2, write_heads=2, **SMALL),
+    lambda: StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=12, layers=3)),
 ], ids=["ntm_ff", "ntm_lstm", "lstm"])
 def test_no_mixing_across_the_batch(make):
     torch.manual_seed(1)
@@ -115,15 +122,26 @@ def test_no_mixing_across_the_batch(make):
 def test_constant_memory_gives_finite_gradients(controller):
     """A near-zero memory (1e-6 everywhere) makes every row's norm ~0: cosine similarity must stay finite."""
     torch.manual_seed(2)
-    model = NTM(5, 4, controller=controller, memory_init="constant", memory_init_value=1e-6, **SMALL)
+    model = ntm(5, 4, controller=controller, memory_init="constant", memory_init_value=1e-6, **SMALL)
     model(torch.randn(11, 3, 5)).pow(2).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.heads.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["ntm_ff", "ntm_lstm", "lstm"])
+def test_a_model_takes_exactly_the_keys_of_its_config(name):
+    """No setting has a second default in the constructor, and no key is silently dropped."""
+    settings = conf_settings("model", name)
+    with pytest.raises(TypeError, match="colour"):
+        make_model({"name": name, **settings, "colour": 1}, 5, 4)
+    missing = list(settings)[-1]
+    with pytest.raises(TypeError, match=missing):
+        make_model({"name": name, **{k: v for k, v in settings.items() if k != missing}}, 5, 4)
+
+
 def test_learned_initial_state_gets_gradients():
-    model = NTM(5, 4, controller="lstm", memory_init="learned", **SMALL)
+    model = ntm(5, 4, controller="lstm", memory_init="learned", **SMALL)
     model(torch.randn(6, 2, 5)).sum().backward()
     for p in (model.memory0, model.read0, model.weight_logits0, model.controller.h0):
         assert p.grad is not None and p.grad.abs().sum() > 0
