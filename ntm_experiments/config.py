@@ -36,15 +36,19 @@ def _resolve_run_dir(resume: Any, fresh: str) -> str:
     the same task and model that holds a checkpoint; for ``resume=<dir>`` that directory."""
     if resume is False or resume is None or str(resume).lower() == "false":
         return fresh
+    from .checkpoint import CHECKPOINT_NAME  # imports torch: only when a run resumes
+
     if resume is True or str(resume).lower() == "true":
         parent = Path(fresh).parent
-        runs = sorted(p for p in parent.glob("*") if (p / "checkpoint.pt").is_file()) if parent.is_dir() else []
+        runs = sorted(p for p in parent.glob("*") if (p / CHECKPOINT_NAME).is_file()) if parent.is_dir() else []
         if not runs:
-            raise ConfigError(f"resume=true: no run with a checkpoint.pt under {parent}/ (start a fresh run, or pass resume=<run dir>)")
+            raise ConfigError(f"resume=true: no run with a {CHECKPOINT_NAME} under {parent}/ "
+                              "(start a fresh run, or pass resume=<run dir>)")
         return str(runs[-1])
     path = Path(str(resume)).expanduser()
-    if not (path / "checkpoint.pt").is_file():
-        raise ConfigError(f"resume={resume}: no checkpoint.pt in that directory (allowed: true, false, or a run directory holding checkpoint.pt)")
+    if not (path / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"resume={resume}: no {CHECKPOINT_NAME} in that directory (allowed: true, false, or a run "
+                          f"directory holding {CHECKPOINT_NAME})")
     return str(path)
 
 

@@ -73,7 +73,9 @@ class Run:
                 and values}
 
     def checkpoint(self) -> Path | None:
-        path = self.path / "checkpoint.pt"
+        from .checkpoint import CHECKPOINT_NAME  # imports torch: only when a checkpoint is asked for
+
+        path = self.path / CHECKPOINT_NAME
         return path if path.is_file() else None
 
 

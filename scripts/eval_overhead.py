@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.tensorboard import SummaryWriter
 
 from ntm_experiments.config import config_dir
-from ntm_experiments.evaluate import log_evaluation
+from ntm_experiments.evaluate import eval_suite, log_evaluation
 from ntm_experiments.models import make_model
 from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import make_task
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     model = make_model(cfg.model, task.input_width, task.output_width)
-    opt = GravesRMSprop(model.parameters(), lr=cfg.train.lr)
+    opt = GravesRMSprop(model.parameters(), lr=cfg.train.lr, decay=cfg.train.decay, momentum=cfg.train.momentum,
+                        eps=cfg.train.eps)
     rng = torch.Generator().manual_seed(cfg.seed)
 
     def train_step() -> None:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     training = per_sequence * cfg.eval.every
     print(f"{cfg.task.name}/{cfg.model.name}, batch {cfg.train.batch_size}, {torch.get_num_threads()} threads")
     print(f"training: {1 / per_sequence:.0f} sequences/s -> {training:.1f} s per eval.every={cfg.eval.every} sequences")
-    suite = task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None)
+    suite = eval_suite(task, cfg.eval)
     scored = sum(s.sequences or cfg.eval.sequences for s in suite)
     print(f"one evaluation ({len(suite)} settings, {scored} sequences in all, pictures "
           f"{'on' if cfg.eval.pictures else 'off'}): {evaluation:.2f} s")

@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY, build_task, compose_config, run_cli, run_dirs, scalars
-from ntm_experiments.evaluate import evaluate, example_figure, setting_batch, used_rows
+from ntm_experiments.evaluate import eval_suite, evaluate, example_figure, setting_batch, used_rows
 from ntm_experiments.models import make_model
 
 
@@ -62,6 +62,13 @@ def test_ngram_and_priority_sort_suites():
     assert names == ["inputs_20_outputs_16", "inputs_30_outputs_24"]
     longer = sort.sample(2, torch.Generator().manual_seed(0), **sort.suite()[1].setting)
     assert longer.inputs.shape[0] == 30 + 1 + 24 and longer.mask.sum().item() == 2 * 24 * 8
+
+
+def test_eval_lengths_replace_the_main_size_of_the_suite():
+    task = build_task("associative_recall")
+    assert eval_suite(task, compose_config().eval) == task.suite()  # eval.lengths: null
+    lengths = compose_config("eval.lengths=[3,7]").eval
+    assert [s.name for s in eval_suite(task, lengths)] == ["items_3", "items_7"] == [s.name for s in task.suite([3, 7])]
 
 
 def test_evaluation_sees_the_same_sequences_every_time_and_scores_the_ngram_optimum():
