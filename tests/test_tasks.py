@@ -1,4 +1,4 @@
-"""The five task generators against hand-worked layouts, and the cost in bits."""
+"""The five task generators against hand-worked layouts, their generalisation suites, and the cost in bits."""
 
 from __future__ import annotations
 
@@ -211,6 +211,54 @@ def test_length_ranges_and_seed():
         a, again, other = task.sample(8, gen(10)), task.sample(8, gen(10)), task.sample(8, gen(11))
         assert all(torch.equal(p, q) for p, q in zip(a, again))
         assert not torch.equal(a.inputs, other.inputs) or not torch.equal(a.targets, other.targets)
+
+
+def test_copy_suite_has_the_papers_lengths():
+    task = build_task("copy")
+    suite = task.suite()
+    assert [s.name for s in suite] == ["length_10", "length_20", "length_30", "length_50", "length_120"]
+    for setting in suite:
+        batch = task.sample(4, torch.Generator().manual_seed(1), **setting.setting)
+        length = setting.setting["length"]
+        delimiter_steps = batch.inputs[:, :, 8].nonzero()[:, 0]
+        assert delimiter_steps.tolist() == [length] * 4  # the delimiter follows `length` vectors
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [8.0 * length] * 4
+
+
+def test_repeat_copy_suite_has_fig8_settings():
+    task = build_task("repeat_copy")
+    suite = {s.name: s for s in task.suite()}
+    assert set(suite) == {"training_range", "length_10_repeats_20", "length_20_repeats_10"}
+    for name, (length, repeats) in {"length_10_repeats_20": (10, 20), "length_20_repeats_10": (20, 10)}.items():
+        batch = task.sample(3, torch.Generator().manual_seed(0), **suite[name].setting)
+        assert batch.inputs[:, :, 6].nonzero()[:, 0].tolist() == [length] * 3
+        normalised = batch.inputs[length, :, 7]
+        assert torch.allclose(normalised, torch.full((3,), (repeats - 5.5) / 2.872))
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [7.0 * (repeats * length + 1)] * 3
+    assert [s.name for s in task.suite([15])] == ["length_15_repeats_10"]
+
+
+def test_associative_recall_suite_has_fig11_item_counts():
+    task = build_task("associative_recall")
+    assert [s.name for s in task.suite()] == ["items_6", "items_10", "items_15", "items_20"]
+    for setting in task.suite():
+        batch = task.sample(5, torch.Generator().manual_seed(2), **setting.setting)
+        item_delimiters = batch.inputs[:, :, 6].sum(0)
+        assert item_delimiters.tolist() == [float(setting.setting["items"])] * 5
+        assert batch.inputs[:, :, 7].sum(0).tolist() == [2.0] * 5  # the query, bounded on both sides
+        assert batch.mask.sum(dim=(0, 2)).tolist() == [18.0] * 5
+
+
+def test_ngram_and_priority_sort_suites():
+    (validation,) = build_task("ngrams").suite()
+    assert validation.sequences == 1000
+    batch = build_task("ngrams").sample(validation.sequences, torch.Generator().manual_seed(0), **validation.setting)
+    assert batch.inputs.shape == (200, 1000, 1)
+    sort = build_task("priority_sort")
+    names = [s.name for s in sort.suite()]
+    assert names == ["inputs_20_outputs_16", "inputs_30_outputs_24"]
+    longer = sort.sample(2, torch.Generator().manual_seed(0), **sort.suite()[1].setting)
+    assert longer.inputs.shape[0] == 30 + 1 + 24 and longer.mask.sum().item() == 2 * 24 * 8
 
 
 @pytest.mark.parametrize("name", TASKS)
