@@ -30,7 +30,7 @@ from .errors import RunError
 from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
 
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
-# Fig 11: bits per sequence at 6 / 10 / 15 / 20 items (SPEC.md, Landmarks)
+# Fig 11: bits per sequence at 6 / 10 / 15 / 20 items, read off the paper's figure
 PAPER_FIG11 = {"lstm": (2.27, 36.6, 39.9, 38.1), "ntm_lstm": (0.08, 1.80, 4.74, 6.99), "ntm_ff": (0.02, 0.14, 1.47, 8.00)}
 FIG11_ITEMS = (6, 10, 15, 20)
 # Choice: how close counts as agreement. Sequences to a cost: within a factor of 1.5 of the
@@ -57,7 +57,8 @@ FIGURES = [
     Figure(18, "fig18_sort", "priority_sort", "Priority sort learning curves", 1000, (0, 140)),
 ]
 
-# The paper's landmarks (SPEC.md): ("below", bits, k sequences): first below that cost at k;
+# The paper's landmarks, read off its learning curves (Figs 3, 7, 10, 13, 18; §4.1-4.5):
+# ("below", bits, k sequences): first below that cost at k;
 # ("at", k sequences, bits): the cost at that point; ("mean", (k_lo, k_hi), bits): its mean over a range.
 LANDMARKS = {
     "copy": {"ntm_lstm": [("below", 0.1, 25)], "ntm_ff": [("at", 45, 0.5), ("below", 0.1, 55)],
@@ -261,7 +262,7 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
     by_task = {s.task for s in summaries}
     md = ["# Reproduction report: Neural Turing Machines (Graves et al. 2014)", "",
           "Built by `ntm-report " + " ".join(str(p) for p in sources) + "`. Paper values: "
-          "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and SPEC.md's landmarks. "
+          "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and the landmarks read off its Figs 3, 7, 10, 13 and 18. "
           f"Agreement: sequences to a cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within "
           f"{COST_TOLERANCE:.0%} of the paper's or {COST_FLOOR:g} bits. Our curves: median across seeds "
           "(solid) with the quartile band; the paper's: dashed.", ""]

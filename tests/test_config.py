@@ -13,7 +13,8 @@ from ntm_experiments.models import count_parameters, make_model
 from ntm_experiments.tasks import make_task
 from ntm_experiments.validation import validate
 
-# SPEC.md, Tables 1-3: (heads, controller size, controller layers, learning rate, paper #params)
+# The paper's Tables 1-3 (Graves, Wayne & Danihelka 2014, §4): (heads, controller size, controller layers, learning rate,
+# paper #params)
 TABLE = {
     ("copy", "ntm_ff"): (1, 100, 1, 1e-4, 17_162),
     ("repeat_copy", "ntm_ff"): (1, 100, 1, 1e-4, 16_712),
@@ -31,7 +32,8 @@ TABLE = {
     ("ngrams", "lstm"): (None, 128, 3, 1e-4, 331_905),
     ("priority_sort", "lstm"): (None, 128, 3, 3e-5, 384_424),
 }
-# Table 3 by its construction (SPEC.md); priority sort's printed 384,424 is a misprint of 348,424
+# Table 3 by its construction (models/lstm.py: per layer 4 (fan_in H + H H + H) + 2H, output O (3 H) + O),
+# which gives the table's other four counts exactly; priority sort's printed 384,424 is a misprint of 348,424
 LSTM_COUNTS = {"copy": 1_352_969, "repeat_copy": 5_312_007, "associative_recall": 1_344_518,
                "ngrams": 331_905, "priority_sort": 348_424}
 
