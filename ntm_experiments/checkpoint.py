@@ -1,4 +1,5 @@
-"""One checkpoint dict per run, written atomically: temp file, fsync, rename.
+"""One checkpoint dict per run, written atomically: temp file, fsync, rename; and the trained
+model read back from one.
 
 A kill at any moment leaves either the previous checkpoint or the new one at
 ``<run dir>/checkpoint.pt``, never a half-written file.
@@ -10,12 +11,18 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from torch import nn
+
+    from .tasks import Task
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -74,3 +81,46 @@ def load(path: Path) -> dict[str, Any]:
         found = payload.get("format_version") if isinstance(payload, dict) else type(payload).__name__
         raise ConfigError(f"{path}: checkpoint format {found}, this version reads format {FORMAT_VERSION}")
     return payload
+
+
+class Trained(NamedTuple):
+    """A checkpoint's model with its task and its run's config."""
+    model: nn.Module       # on the CPU, in training mode, with the checkpoint's weights
+    task: Task
+    config: DictConfig     # validated: the run's settings over today's defaults, then the overrides
+    saved: dict[str, Any]  # the checkpoint itself (sequences_seen, ...)
+
+
+def run_config(saved_config: dict[str, Any], overrides: Sequence[str] = (),
+               keys: Iterable[str] | None = None) -> DictConfig:
+    """A saved run's config: today's conf/ for its task and model (so a key added since the run has
+    its default), the saved values (only ``keys`` of them, when given) over that, then the dotted
+    ``overrides``; validated."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .config import config_dir
+    from .validation import validate
+
+    pair = [f"task={saved_config['task']['name']}", f"model={saved_config['model']['name']}"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=pair)
+    saved = saved_config if keys is None else {key: saved_config[key] for key in keys if key in saved_config}
+    cfg = OmegaConf.merge(cfg, saved, OmegaConf.from_dotlist(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def load_model(source: Path | dict[str, Any], overrides: Sequence[str] = (),
+               keys: Iterable[str] | None = None) -> Trained:
+    """The trained model of a checkpoint (a file, a run directory, or what ``load`` returned), with
+    its task and config (``run_config``: ``overrides`` and ``keys`` as there)."""
+    from .models import make_model
+    from .tasks import make_task
+
+    saved = source if isinstance(source, dict) else load(source)
+    cfg = run_config(saved["config"], overrides, keys)
+    task = make_task(cfg.task)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    model.load_state_dict(saved["model"])
+    return Trained(model, task, cfg, saved)

@@ -22,7 +22,7 @@ from typing import Callable, NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import RunError
+from .errors import RunError
 
 _DETAIL = re.compile(r"^\s*(full_key|object_type|reference_type|Config search path|provider=|To append)")
 
@@ -144,28 +144,20 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     from omegaconf import OmegaConf
 
     from . import checkpoint
-    from .config import Config, resolve_device, validate
-    from .evaluate import as_dicts, capacity_warnings, evaluate, example_figure, results_table
-    from .models import make_model
+    from .devices import resolve_device
+    from .evaluate import as_dicts, capacity_warnings, eval_suite, evaluate, example_figure, results_table
     from .runs import save_figure, write_atomic
-    from .tasks import make_task
 
     parser = argparse.ArgumentParser(prog="ntm-eval", description="Evaluate a trained checkpoint on its task's "
                                      "generalisation suite; writes <run dir>/eval/{results.json,results.csv,*.png}.")
-    parser.add_argument("path", type=Path, help="a run directory (holding checkpoint.pt) or a checkpoint file")
+    parser.add_argument("path", type=Path, help=f"a run directory (holding {checkpoint.CHECKPOINT_NAME}) or a "
+                        "checkpoint file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.lengths=[40,80,120] "
                         "eval.sequences=256 eval.pictures=false device=cpu")
     args = parser.parse_args(argv)
-    saved = checkpoint.load(args.path)
     run_dir = args.path if args.path.is_dir() else args.path.parent
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), saved["config"])
-    OmegaConf.set_struct(cfg, True)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(args.overrides))
-    validate(cfg)
+    model, task, cfg, saved = checkpoint.load_model(args.path, args.overrides)
     device = torch.device(resolve_device(str(cfg.device)))
-    task = make_task(cfg.task)
-    model = make_model(cfg.model, task.input_width, task.output_width)
-    model.load_state_dict(saved["model"])
     model.to(device)
 
     seen = saved["sequences_seen"]
@@ -186,7 +178,7 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     writer.writerows(rows)
     write_atomic(out / "results.csv", buffer.getvalue())
     if cfg.eval.pictures:
-        for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
+        for setting in eval_suite(task, cfg.eval):
             fig = example_figure(model, task, setting, cfg.eval.seed, device)
             save_figure(fig, out / f"{setting.name}.png", dpi=110)
     print(f"wrote {out}/results.json, results.csv" + (" and one PNG per setting" if cfg.eval.pictures else ""))

@@ -34,6 +34,12 @@ class Result:
     optimal_cost_bits: float | None = None  # N-grams: the Bayes-optimal estimator (eq. 10) on the same sequences
 
 
+def eval_suite(task: Task, eval_cfg: Any) -> list[EvalSetting]:
+    """The settings a run is evaluated on: the task's suite (``Task.suite``), its main size
+    replaced by ``eval.lengths`` when that is set."""
+    return task.suite(list(eval_cfg.lengths) if eval_cfg.lengths else None)
+
+
 def setting_batch(task: Task, setting: EvalSetting, count: int, seed: int, index: int) -> Batch:
     """The fixed sequences of one setting: the same for every evaluation of every run."""
     generator = torch.Generator().manual_seed(seed + 7919 * index)
@@ -46,7 +52,7 @@ def evaluate(model: nn.Module, task: Task, eval_cfg: Any, device: torch.device |
     was_training = model.training
     model.eval()
     results = []
-    for index, setting in enumerate(task.suite(list(eval_cfg.lengths) if eval_cfg.lengths else None)):
+    for index, setting in enumerate(eval_suite(task, eval_cfg)):
         count = setting.sequences or eval_cfg.sequences
         batch = setting_batch(task, setting, count, eval_cfg.seed, index)
         cost = wrong = bits = optimal = 0.0
@@ -185,7 +191,7 @@ def capacity_warnings(task: Task, memory_rows: int | None, eval_cfg: Any) -> lis
     the memory has rows: such a setting can still be scored, but never exactly."""
     if not memory_rows:
         return []
-    settings = [EvalSetting("training", {})] + task.suite(list(eval_cfg.lengths) if eval_cfg.lengths else None)
+    settings = [EvalSetting("training", {})] + eval_suite(task, eval_cfg)
     return [f"{task.name} {s.name}: up to {task.vectors_to_store(**s.setting)} vectors to store in "
             f"{memory_rows} memory rows; generalisation past {memory_rows} rows cannot be exact"
             for s in settings if task.vectors_to_store(**s.setting) > memory_rows]
@@ -201,10 +207,10 @@ def log_evaluation(writer, model: nn.Module, task: Task, eval_cfg: Any, step: in
         if r.optimal_cost_bits is not None:
             writer.add_scalar(f"eval/{r.setting}/optimal_cost_bits_per_sequence", r.optimal_cost_bits, step)
     if eval_cfg.pictures:
-        for setting in task.suite(list(eval_cfg.lengths) if eval_cfg.lengths else None):
+        for setting in eval_suite(task, eval_cfg):
             writer.add_figure(f"examples/{setting.name}", example_figure(model, task, setting, eval_cfg.seed, device),
                               step, close=True)
     return results
 
 
-__all__ = ["Result", "evaluate", "capacity_warnings", "results_table", "example_figure", "log_evaluation", "as_dicts"]
+__all__ = ["Result", "eval_suite", "evaluate", "capacity_warnings", "results_table", "example_figure", "log_evaluation", "as_dicts"]

@@ -16,7 +16,8 @@ import torch
 
 
 class GravesRMSprop(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-4, decay: float = 0.95, momentum: float = 0.9, eps: float = 1e-4):
+    def __init__(self, params, *, lr: float, decay: float, momentum: float, eps: float):
+        """Every setting by keyword, no defaults: their values live in conf/config.yaml (train.*)."""
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
 
     @torch.no_grad()

@@ -26,12 +26,11 @@ from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
-from .config import RunError
+from .errors import RunError
 from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
 
-PAPER_MODELS = {"NTM-FF": "ntm_ff", "NTM-LSTM": "ntm_lstm", "LSTM": "lstm"}
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
-# Fig 11: bits per sequence at 6 / 10 / 15 / 20 items (SPEC.md, Landmarks)
+# Fig 11: bits per sequence at 6 / 10 / 15 / 20 items, read off the paper's figure
 PAPER_FIG11 = {"lstm": (2.27, 36.6, 39.9, 38.1), "ntm_lstm": (0.08, 1.80, 4.74, 6.99), "ntm_ff": (0.02, 0.14, 1.47, 8.00)}
 FIG11_ITEMS = (6, 10, 15, 20)
 # Choice: how close counts as agreement. Sequences to a cost: within a factor of 1.5 of the
@@ -58,7 +57,8 @@ FIGURES = [
     Figure(18, "fig18_sort", "priority_sort", "Priority sort learning curves", 1000, (0, 140)),
 ]
 
-# The paper's landmarks (SPEC.md): ("below", bits, k sequences): first below that cost at k;
+# The paper's landmarks, read off its learning curves (Figs 3, 7, 10, 13, 18; §4.1-4.5):
+# ("below", bits, k sequences): first below that cost at k;
 # ("at", k sequences, bits): the cost at that point; ("mean", (k_lo, k_hi), bits): its mean over a range.
 LANDMARKS = {
     "copy": {"ntm_lstm": [("below", 0.1, 25)], "ntm_ff": [("at", 45, 0.5), ("below", 0.1, 55)],
@@ -114,7 +114,7 @@ def learning_curve_figure(figure: Figure, summaries: list[Summary], paper: dict,
     if figure.task == "ngrams" and optimum is not None:
         ylo = min(ylo, optimum - 1)
     for ax, right in zip(axes[0], (xmax, reach)):
-        for paper_name, model in PAPER_MODELS.items():
+        for model, paper_name in MODEL_LABELS.items():
             points = paper.get((figure.key, paper_name))
             if points:
                 ax.plot([x for x, _ in points], [c for _, c in points], color=MODEL_COLOURS[model], lw=1.2, ls="--",
@@ -144,7 +144,7 @@ def fig11_figure(summaries: list[Summary], paper: dict):
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(7.5, 4), constrained_layout=True)
-    for paper_name, model in PAPER_MODELS.items():
+    for model, paper_name in MODEL_LABELS.items():
         points = paper.get(("fig11_assoc_gen", paper_name))
         if points:
             ax.plot([x for x, _ in points], [c for _, c in points], "o--", color=MODEL_COLOURS[model], ms=3,
@@ -174,28 +174,18 @@ def fig11_figure(summaries: list[Summary], paper: dict):
 def example_pictures(summary: Summary, out: Path) -> list[Path]:
     """Figs 4, 5, 8: ``evaluate.example_figure`` for every generalisation setting, from the
     checkpoint of the seed with the lowest final training cost."""
-    from omegaconf import OmegaConf
-
     from . import checkpoint
-    from .config import Config
-    from .evaluate import example_figure
-    from .models import make_model
-    from .tasks import make_task
+    from .evaluate import eval_suite, example_figure
 
     with_checkpoint = [r for r in summary.runs if r.checkpoint() and r.curve]
     if not with_checkpoint:
         return []
     run = min(with_checkpoint, key=lambda r: r.curve[-1][1])
-    saved = checkpoint.load(run.checkpoint())
     # only what the pictures need: keys added to the config later do not stop an older schema
-    cfg = OmegaConf.merge(OmegaConf.structured(Config),
-                          {key: saved["config"][key] for key in ("task", "model", "eval") if key in saved["config"]})
-    task = make_task(cfg.task)
-    model = make_model(cfg.model, task.input_width, task.output_width)
-    model.load_state_dict(saved["model"])
+    model, task, cfg, saved = checkpoint.load_model(run.checkpoint(), keys=("task", "model", "eval"))
     number = EXAMPLE_FIGURES[(summary.task, summary.model)]
     paths = []
-    for setting in task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None):
+    for setting in eval_suite(task, cfg.eval):
         fig = example_figure(model, task, setting, int(cfg.eval.seed), "cpu")
         caption = fig._suptitle.get_text() + "\n" if fig._suptitle is not None else ""  # keep example_figure's
         fig.suptitle(f"{caption}{summary.model}, seed {run.seed}, after {k(saved['sequences_seen'])} sequences",
@@ -272,7 +262,7 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
     by_task = {s.task for s in summaries}
     md = ["# Reproduction report: Neural Turing Machines (Graves et al. 2014)", "",
           "Built by `ntm-report " + " ".join(str(p) for p in sources) + "`. Paper values: "
-          "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and SPEC.md's landmarks. "
+          "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and the landmarks read off its Figs 3, 7, 10, 13 and 18. "
           f"Agreement: sequences to a cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within "
           f"{COST_TOLERANCE:.0%} of the paper's or {COST_FLOOR:g} bits. Our curves: median across seeds "
           "(solid) with the quartile band; the paper's: dashed.", ""]
@@ -298,9 +288,8 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
         save_figure(learning_curve_figure(figure, summaries, paper, optimum), path)
         written.append(path)
         md += [f"![Fig {figure.number}]({path.name})", ""]
-        for model in ("ntm_ff", "ntm_lstm", "lstm"):
+        for model, label in MODEL_LABELS.items():
             summary = next((s for s in summaries if s.task == figure.task and s.model == model), None)
-            label = MODEL_LABELS[model]
             if summary is None:
                 md.append(f"- {figure.task}, {label}: missing (no runs)")
                 continue

@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from . import checkpoint
-from .config import ConfigError, RunError, TrainingDiverged, hparams
+from .errors import ConfigError, RunError, TrainingDiverged
 from .evaluate import capacity_warnings, log_evaluation
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
@@ -31,6 +31,21 @@ from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-r
 from .tasks import Batch, Task, make_task
 
 log = logging.getLogger("ntm_experiments.train")
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Flat {dotted key: scalar} view of the run's settings, for TensorBoard's hparams."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
 
 
 class RunParts(NamedTuple):

@@ -17,7 +17,7 @@ from typing import Iterable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
+from .errors import ConfigError
 
 COST_TAG = "train/cost_bits_per_sequence"  # the training cost train.py logs, bits per sequence
 EVAL_PREFIX, EVAL_SUFFIX = "eval/", "/cost_bits_per_sequence"
@@ -73,7 +73,9 @@ class Run:
                 and values}
 
     def checkpoint(self) -> Path | None:
-        path = self.path / "checkpoint.pt"
+        from .checkpoint import CHECKPOINT_NAME  # imports torch: only when a checkpoint is asked for
+
+        path = self.path / CHECKPOINT_NAME
         return path if path.is_file() else None
 
 

@@ -22,7 +22,8 @@ from typing import Any, Callable
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .config import RunError, resolve_device
+from .devices import job_device, resolve_device
+from .errors import RunError
 
 log = logging.getLogger("ntm_experiments.sweep")
 
@@ -33,15 +34,6 @@ SUMMARY_NAME = "failed_jobs.txt"  # in the sweep folder: one "<job folder>: <rea
 LAST_SWEEP_FAILURES: list[tuple[str, str]] = []
 # the folder of the sweep this process is running (set when it starts), for ntm-train's last word
 CURRENT_SWEEP: list[Path] = []
-
-
-def job_device(device: str, job_num: int | None, cuda_devices: int) -> str:
-    """The device a job uses: with ``device=auto`` and several CUDA devices, job ``n`` of a
-    sweep takes ``cuda:(n mod count)``, so parallel jobs spread over the GPUs; otherwise
-    ``device`` is left as it is (``auto`` then means CUDA when present, else CPU)."""
-    if device != "auto" or job_num is None or cuda_devices < 2:
-        return device
-    return f"cuda:{job_num % cuda_devices}"
 
 
 def failure_line(error: BaseException) -> str:

@@ -18,11 +18,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .cli import discard_empty_run_dir, exit_with_error
-from .config import RunError, config_dir, resolve_device, validate
+from .config import config_dir
+from .devices import resolve_device
+from .errors import RunError
 from .fast import make_train_step, use_fast_path
 from .run_state import RunState
 from .runs import COST_TAG  # noqa: F401 - the training-cost tag, re-exported for the tests
 from .sweep import run_job
+from .validation import validate
 
 log = logging.getLogger("ntm_experiments.train")
 

@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from torch.utils.tensorboard import SummaryWriter
 
 from ntm_experiments.config import config_dir
-from ntm_experiments.evaluate import log_evaluation
+from ntm_experiments.evaluate import eval_suite, log_evaluation
 from ntm_experiments.fast import PlainStep
 from ntm_experiments.run_state import build_run
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     training = per_sequence * cfg.eval.every
     print(f"{cfg.task.name}/{cfg.model.name}, batch {cfg.train.batch_size}, {torch.get_num_threads()} threads")
     print(f"training: {1 / per_sequence:.0f} sequences/s -> {training:.1f} s per eval.every={cfg.eval.every} sequences")
-    suite = task.suite(list(cfg.eval.lengths) if cfg.eval.lengths else None)
+    suite = eval_suite(task, cfg.eval)
     scored = sum(s.sequences or cfg.eval.sequences for s in suite)
     print(f"one evaluation ({len(suite)} settings, {scored} sequences in all, pictures "
           f"{'on' if cfg.eval.pictures else 'off'}): {evaluation:.2f} s")

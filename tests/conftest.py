@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -11,9 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ntm_experiments.config import config_dir
+from ntm_experiments.optim import GravesRMSprop
+from ntm_experiments.tasks import Task, make_task
+
+# One torch thread per test process: with pytest-xdist a worker per core shares the cores already,
+# and two threads per worker would wait on each other at every time step of the native core.
+torch.set_num_threads(1)
 
 # Without a GPU, the fused Triton core's kernels run in Triton's interpreter (tests/test_triton.py).
 # Set before anything defines them; on a machine with CUDA they are compiled for it instead.
@@ -30,6 +38,35 @@ TINY = ["model.controller_size=16", "model.memory_rows=16", "model.memory_width=
 def compose_config(*overrides: str, return_hydra_config: bool = False):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+@functools.cache
+def _composed(group: str, name: str) -> dict:
+    """conf/<group>/<name>.yaml as composed (schema, shared includes), without a task_model row."""
+    return OmegaConf.to_container(compose_config(f"{group}={name}", "~task_model")[group])
+
+
+def conf_settings(group: str, name: str, **overrides) -> dict:
+    """The keywords make_task / make_model pass for conf/<group>/<name>.yaml (every key but
+    ``name``), with ``overrides``: a test builds a task or model from the config, so no value is
+    written down twice."""
+    values = dict(_composed(group, name))
+    values.pop("name")
+    unknown = set(overrides) - set(values)
+    assert not unknown, f"{group}/{name} has no {', '.join(sorted(unknown))} (keys: {', '.join(values)})"
+    return {**values, **overrides}
+
+
+def graves_rmsprop(params, **overrides) -> GravesRMSprop:
+    """The optimiser with conf/config.yaml's train.lr, decay, momentum and eps, and ``overrides``."""
+    train = compose_config().train
+    settings = {"lr": train.lr, "decay": train.decay, "momentum": train.momentum, "eps": train.eps, **overrides}
+    return GravesRMSprop(params, **settings)
+
+
+def build_task(name: str, **overrides) -> Task:
+    """The task conf/task/<name>.yaml describes, with ``overrides``."""
+    return make_task({"name": name, **conf_settings("task", name, **overrides)})
 
 
 def ntm_train_exe() -> str:

@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from conftest import MODELS, TASKS, compose_config, scalars
-from ntm_experiments.config import ConfigError, validate
+from conftest import MODELS, TASKS, compose_config, conf_settings, graves_rmsprop, scalars
+from ntm_experiments.errors import ConfigError
 from ntm_experiments.fast import CORES, FastStep, PlainStep, use_fast_path
 from ntm_experiments.fast import native as ntm_native
 from ntm_experiments.fast.native import NativeNTM, NativeUnavailable
 from ntm_experiments.fast.sequence import SequenceNTM
 from ntm_experiments.models import NTM, make_model
-from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.run_state import build_run
 from ntm_experiments.tasks import Batch, make_task
 from ntm_experiments.train import COST_TAG, train
+from ntm_experiments.validation import validate
 
 # the pair's own structure (controller kind, heads, shift range, task widths) at a small size,
 # so compiling each of the 15 pairs stays quick
@@ -65,10 +65,10 @@ def test_plain_step_is_the_hand_computed_cost_gradient_clip_and_graves_update():
     +-clip_value, and Graves's RMSProp (n, m and the momentum carried into the second step)."""
     clip, lr, decay, momentum, eps = 0.01, 3e-3, 0.95, 0.9, 1e-4
     torch.manual_seed(0)
-    model = NTM(4, 3, controller="lstm", controller_size=5, memory_rows=6, memory_width=3).double()
+    model = NTM(4, 3, **conf_settings("model", "ntm_lstm", controller_size=5, memory_rows=6, memory_width=3)).double()
     params = [p for p in model.parameters() if p.requires_grad]
     task = make_task(compose_config("task=copy").task)  # only its cost is used: Task.cost
-    step = PlainStep(model, task, GravesRMSprop(params, lr=lr, decay=decay, momentum=momentum, eps=eps), params)
+    step = PlainStep(model, task, graves_rmsprop(params, lr=lr, decay=decay, momentum=momentum, eps=eps), params)
 
     reference = copy.deepcopy(model)
     weights = [p.detach().clone() for p in reference.parameters() if p.requires_grad]
@@ -119,7 +119,7 @@ def test_plain_step_is_the_hand_computed_cost_gradient_clip_and_graves_update():
 def test_fast_and_plain_paths_agree_on_cost_and_gradients(task_name, model_name):
     """The NTMs only: on the CPU the fast path leaves the LSTM baseline as it is (next test)."""
     cfg, task, model, params = build(task_name, model_name)
-    opt = GravesRMSprop(params)
+    opt = graves_rmsprop(params)
     plain, fast = PlainStep(model, task, opt, params), FastStep(model, task, opt, params, torch.device("cpu"))
     assert fast.forward is not None and fast.core == "native"  # a core of its own, not the model's forward
     generator = torch.Generator().manual_seed(1)
@@ -132,7 +132,7 @@ def test_on_the_cpu_the_fast_path_runs_the_lstm_baselines_own_forward():
     """nn.LSTM is a fused kernel already: FastStep keeps the model's forward (no core, no graphs on
     the CPU), so its step is the plain step itself, bit for bit; there is nothing more to compare."""
     _, task, model, params = build("copy", "lstm")
-    opt = GravesRMSprop(params)
+    opt = graves_rmsprop(params)
     plain, fast = PlainStep(model, task, opt, params), FastStep(model, task, opt, params, torch.device("cpu"))
     assert fast.forward is None and fast.core is None and not fast.graphs
     batch = task.sample(4, torch.Generator().manual_seed(1))
@@ -144,7 +144,7 @@ def test_on_the_cpu_the_fast_path_runs_the_lstm_baselines_own_forward():
 @pytest.mark.parametrize("task_name, model_name", [("repeat_copy", "ntm_lstm"), ("priority_sort", "ntm_ff")])
 def test_the_per_step_core_that_cuda_uses_also_agrees_with_plain(task_name, model_name):
     cfg, task, model, params = build(task_name, model_name)
-    opt = GravesRMSprop(params)
+    opt = graves_rmsprop(params)
     plain = PlainStep(model, task, opt, params)
     fast = FastStep(model, task, opt, params, torch.device("cpu"), core="step")
     assert_steps_agree(plain, fast, task.sample(4, torch.Generator().manual_seed(1)))
@@ -217,13 +217,13 @@ def test_sequence_cores_are_the_models_function_at_saturated_heads(core):
 def test_unknown_core_is_refused():
     _, task, model, params = build("copy", "ntm_lstm")
     with pytest.raises(ValueError, match="core='loop': must be one of native, sequence, step"):
-        FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"), core="loop")
+        FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"), core="loop")
 
 
 @pytest.mark.parametrize("core", ["sequence", "step"])
 def test_compiled_cores_compile_the_step_once_for_every_sequence_length(core):
     _, task, model, params = build("copy", "ntm_lstm")
-    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"), core=core)
+    fast = FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"), core=core)
     generator = torch.Generator().manual_seed(2)
     torch._dynamo.reset()  # forget what earlier tests compiled for this shape
     counters.clear()
@@ -240,7 +240,7 @@ def test_compiled_cores_compile_the_step_once_for_every_sequence_length(core):
 
 def test_native_core_runs_every_length_and_batch_size_itself():
     _, task, model, params = build("copy", "ntm_lstm")
-    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    fast = FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"))
     assert fast.core == "native"
     calls = []
     native = fast.forward
@@ -261,7 +261,7 @@ def test_native_core_agrees_with_plain_at_the_papers_size(task_name, model_name)
     associative recall's NTM-FF), float32, against the plain path."""
     cfg = compose_config(f"task={task_name}", f"model={model_name}")
     task, model, _, params = build_run(cfg, torch.device("cpu"))
-    opt = GravesRMSprop(params)
+    opt = graves_rmsprop(params)
     fast = FastStep(model, task, opt, params, torch.device("cpu"))
     assert fast.core == "native"
     assert_steps_agree(PlainStep(model, task, opt, params), fast, task.sample(8, torch.Generator().manual_seed(3)))
@@ -269,7 +269,7 @@ def test_native_core_agrees_with_plain_at_the_papers_size(task_name, model_name)
 
 def test_native_core_is_deterministic():
     _, task, model, params = build("repeat_copy", "ntm_lstm")
-    fast = FastStep(model, task, GravesRMSprop(params), params, torch.device("cpu"))
+    fast = FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"))
     batch = task.sample(16, torch.Generator().manual_seed(4))
     first, second = gradients(fast, batch), gradients(fast, batch)
     assert torch.equal(first[0], second[0]) and all(torch.equal(a, b) for a, b in zip(first[2], second[2]))
@@ -304,7 +304,7 @@ def test_fast_path_falls_back_to_the_compiled_core_when_the_native_one_is_unavai
 
     monkeypatch.setattr("ntm_experiments.fast.native.NativeNTM", unavailable)
     _, task, model, params = build("copy", "ntm_ff")
-    opt = GravesRMSprop(params)
+    opt = graves_rmsprop(params)
     with caplog.at_level("WARNING", logger="ntm_experiments.fast"):
         fast = FastStep(model, task, opt, params, torch.device("cpu"))
     assert fast.core == "sequence" and isinstance(fast.forward, SequenceNTM)

@@ -19,7 +19,7 @@ import ntm_experiments.run_state as run_state_module
 import ntm_experiments.train as train_module
 from conftest import TINY, compose_config, ntm_train_exe, run_cli, scalars
 from ntm_experiments import checkpoint
-from ntm_experiments.config import ConfigError, RunError
+from ntm_experiments.errors import ConfigError, RunError
 from ntm_experiments.tasks import Batch, make_task
 from ntm_experiments.train import COST_TAG, train
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import compose_config, scalars
+from conftest import compose_config, conf_settings, scalars
 from ntm_experiments.models import NTM
 from ntm_experiments.train import COST_TAG, train
 
@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_ntm_gives_the_same_outputs_on_gpu_and_cpu():
     torch.manual_seed(0)
-    model = NTM(10, 9, controller="lstm")
+    model = NTM(10, 9, **conf_settings("model", "ntm_lstm"))
     x = torch.randn(21, 8, 10)
     assert torch.allclose(model(x), model.cuda()(x.cuda()).cpu(), atol=1e-4)
 

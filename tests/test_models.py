@@ -1,4 +1,4 @@
-"""Models: Table 3's parameter counts, batching without mixing, explicit state, the optimiser."""
+"""Models: Table 3's parameter counts, batching without mixing, explicit state."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import MODELS, TASKS, compose_config
+from conftest import MODELS, TASKS, compose_config, conf_settings
 from ntm_experiments.models import NTM, NTMState, StackedLSTM, count_parameters, make_model
 from ntm_experiments.tasks import make_task
-from ntm_experiments.optim import GravesRMSprop
 
 SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
+
+
+def ntm(input_size: int, output_size: int, controller: str, **overrides) -> NTM:
+    """conf/model/ntm_<controller>.yaml's NTM, with ``overrides``."""
+    return NTM(input_size, output_size, **conf_settings("model", f"ntm_{controller}", **overrides))
 
 
 @pytest.mark.parametrize("widths, hidden, count", [
@@ -24,7 +28,8 @@ SMALL = dict(controller_size=16, memory_rows=16, memory_width=6)
     ((10, 8), 128, 348_424),     # priority sort (the paper prints 384,424: a misprint)
 ])
 def test_lstm_parameter_counts_equal_table_3(widths, hidden, count):
-    assert count_parameters(StackedLSTM(*widths, hidden_size=hidden, layers=3)) == count
+    network = StackedLSTM(*widths, **conf_settings("model", "lstm", hidden_size=hidden, layers=3))
+    assert count_parameters(network) == count
 
 
 def readme_parameter_table() -> dict[tuple[str, str], tuple[int, int]]:
@@ -72,7 +77,7 @@ NTM_VARIANTS = [
 @pytest.mark.parametrize("variant", NTM_VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 def test_ntm_forward_trace_and_state(variant):
     torch.manual_seed(0)
-    model = NTM(5, 4, **SMALL, **variant)
+    model = ntm(5, 4, **SMALL, **variant)
     x = torch.randn(7, 3, 5)
     logits, trace = model(x, trace=True)
     assert logits.shape == (7, 3, 4) and torch.isfinite(logits).all()
@@ -100,7 +105,7 @@ def test_stacked_lstm_is_the_table_3_network_step_by_step():
     """The fused per-layer nn.LSTM equals the paper's network written out one cell at a time: input to
     every layer, the layer below to each upper layer, one bias per gate, output reading all layers."""
     torch.manual_seed(4)
-    model = StackedLSTM(5, 4, hidden_size=6, layers=3)
+    model = StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=6, layers=3))
     with torch.no_grad():
         model.h0.normal_(), model.c0.normal_()
     x = torch.randn(7, 3, 5)
@@ -120,9 +125,9 @@ def test_stacked_lstm_is_the_table_3_network_step_by_step():
 
 
 @pytest.mark.parametrize("make", [
-    lambda: NTM(5, 4, controller="ff", **SMALL),
-    lambda: NTM(5, 4, controller="lstm", memory_init="constant", **SMALL),
-    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+    lambda: ntm(5, 4, controller="ff", **SMALL),
+    lambda: ntm(5, 4, controller="lstm", memory_init="constant", **SMALL),
+    lambda: StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=12, layers=3)),
 ], ids=["ntm_ff", "ntm_lstm", "lstm"])
 def test_no_hidden_state_between_calls(make):
     """Episodic (§4): every call starts from the learned initial state, whatever ran before."""
@@ -136,9 +141,9 @@ def test_no_hidden_state_between_calls(make):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: NTM(5, 4, controller="ff", **SMALL),
-    lambda: NTM(5, 4, controller="lstm", read_heads=2, write_heads=2, **SMALL),
-    lambda: StackedLSTM(5, 4, hidden_size=12, layers=3),
+    lambda: ntm(5, 4, controller="ff", **SMALL),
+    lambda: ntm(5, 4, controller="lstm", read_heads=2, write_heads=2, **SMALL),
+    lambda: StackedLSTM(5, 4, **conf_settings("model", "lstm", hidden_size=12, layers=3)),
 ], ids=["ntm_ff", "ntm_lstm", "lstm"])
 def test_no_mixing_across_the_batch(make):
     torch.manual_seed(1)
@@ -153,50 +158,26 @@ def test_no_mixing_across_the_batch(make):
 def test_constant_memory_gives_finite_gradients(controller):
     """A near-zero memory (1e-6 everywhere) makes every row's norm ~0: cosine similarity must stay finite."""
     torch.manual_seed(2)
-    model = NTM(5, 4, controller=controller, memory_init="constant", memory_init_value=1e-6, **SMALL)
+    model = ntm(5, 4, controller=controller, memory_init="constant", memory_init_value=1e-6, **SMALL)
     model(torch.randn(11, 3, 5)).pow(2).sum().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     assert model.heads.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("name", ["ntm_ff", "ntm_lstm", "lstm"])
+def test_a_model_takes_exactly_the_keys_of_its_config(name):
+    """No setting has a second default in the constructor, and no key is silently dropped."""
+    settings = conf_settings("model", name)
+    with pytest.raises(TypeError, match="colour"):
+        make_model({"name": name, **settings, "colour": 1}, 5, 4)
+    missing = list(settings)[-1]
+    with pytest.raises(TypeError, match=missing):
+        make_model({"name": name, **{k: v for k, v in settings.items() if k != missing}}, 5, 4)
+
+
 def test_learned_initial_state_gets_gradients():
-    model = NTM(5, 4, controller="lstm", memory_init="learned", **SMALL)
+    model = ntm(5, 4, controller="lstm", memory_init="learned", **SMALL)
     model(torch.randn(6, 2, 5)).sum().backward()
     for p in (model.memory0, model.read0, model.weight_logits0, model.controller.h0):
         assert p.grad is not None and p.grad.abs().sum() > 0
-
-
-def test_graves_rmsprop_by_hand():
-    w = torch.nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
-    opt = GravesRMSprop([w], lr=0.1, decay=0.95, momentum=0.9, eps=1e-4)
-    n = m = delta = 0.0
-    value = 1.0
-    for g in (2.0, -1.0):  # loss = g * w, so dloss/dw = g
-        opt.zero_grad()
-        (g * w).sum().backward()
-        opt.step()
-        n = 0.95 * n + 0.05 * g * g
-        m = 0.95 * m + 0.05 * g
-        delta = 0.9 * delta - 0.1 * g / (n - m * m + 1e-4) ** 0.5  # epsilon inside the root
-        value += delta
-        assert w.item() == pytest.approx(value, rel=1e-12)
-        if g == 2.0:  # first step, spelled out: n = 0.2, m = 0.1, D = -0.1 * 2 / sqrt(0.2 - 0.01 + 1e-4)
-            assert w.item() == pytest.approx(1 - 0.2 / 0.1901 ** 0.5, rel=1e-12)
-
-
-def test_graves_rmsprop_differs_from_torch_rmsprop():
-    a = torch.nn.Parameter(torch.tensor([1.0]))
-    b = torch.nn.Parameter(torch.tensor([1.0]))
-    ours = GravesRMSprop([a], lr=1e-2, decay=0.95, momentum=0.9, eps=1e-4)
-    theirs = torch.optim.RMSprop([b], lr=1e-2, alpha=0.95, momentum=0.9, eps=1e-4, centered=True)
-    for opt, p in ((ours, a), (theirs, b)):
-        p.grad = torch.tensor([1e-3])
-        opt.step()
-    # n = 0.05 g^2 = 5e-8, m = 0.05 g = 5e-5, n - m^2 = 4.75e-8
-    ours_expected = 1 - 1e-2 * 1e-3 / (4.75e-8 + 1e-4) ** 0.5          # eps inside the root
-    theirs_expected = 1 - 1e-2 * 1e-3 / ((4.75e-8) ** 0.5 + 1e-4)       # eps outside (torch)
-    assert a.item() == pytest.approx(ours_expected, rel=1e-6)
-    assert b.item() == pytest.approx(theirs_expected, rel=1e-6)
-    # with a small gradient, eps inside the root (sqrt(1e-4) = 1e-2) damps the step far more
-    assert abs(a.item() - 1.0) < 0.2 * abs(b.item() - 1.0)

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import build_task
 from ntm_experiments import addressing as A
-from ntm_experiments.tasks import AssociativeRecall, Copy, NGrams, PrioritySort, RepeatCopy, cost_bits
+from ntm_experiments.tasks import cost_bits
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -39,7 +40,7 @@ def _delimiter_steps(inputs: torch.Tensor, channel: int) -> torch.Tensor:
 @given(batch=st.integers(1, 6), bits=st.integers(1, 9), lo=st.integers(1, 6), extra=st.integers(0, 8),
        seed=st.integers(0, 2**31 - 1))
 def test_copy_masks_cover_exactly_the_copy_phase(batch, bits, lo, extra, seed):
-    task = Copy(bits=bits, min_length=lo, max_length=lo + extra)
+    task = build_task("copy", bits=bits, min_length=lo, max_length=lo + extra)
     b = task.sample(batch, torch.Generator().manual_seed(seed))
     lengths = _delimiter_steps(b.inputs, bits)  # the delimiter step is the length
     assert ((lengths >= lo) & (lengths <= lo + extra)).all()
@@ -50,7 +51,7 @@ def test_copy_masks_cover_exactly_the_copy_phase(batch, bits, lo, extra, seed):
 @given(batch=st.integers(1, 5), bits=st.integers(1, 7), length=st.integers(1, 6), repeats=st.integers(1, 6),
        seed=st.integers(0, 2**31 - 1))
 def test_repeat_copy_masks_cover_the_repeats_and_the_end_marker(batch, bits, length, repeats, seed):
-    task = RepeatCopy(bits=bits, max_length=length, max_repeats=repeats)
+    task = build_task("repeat_copy", bits=bits, max_length=length, max_repeats=repeats)
     b = task.sample(batch, torch.Generator().manual_seed(seed))
     lengths = _delimiter_steps(b.inputs, bits)
     counts = torch.round(b.inputs[lengths, torch.arange(batch), bits + 1] * 2.872 + 5.5).long()
@@ -62,7 +63,7 @@ def test_repeat_copy_masks_cover_the_repeats_and_the_end_marker(batch, bits, len
 @given(batch=st.integers(1, 5), bits=st.integers(1, 7), item_length=st.integers(1, 4), lo=st.integers(2, 4),
        extra=st.integers(0, 3), seed=st.integers(0, 2**31 - 1))
 def test_associative_recall_scores_one_item(batch, bits, item_length, lo, extra, seed):
-    task = AssociativeRecall(bits=bits, item_length=item_length, min_items=lo, max_items=lo + extra)
+    task = build_task("associative_recall", bits=bits, item_length=item_length, min_items=lo, max_items=lo + extra)
     b = task.sample(batch, torch.Generator().manual_seed(seed))
     items = b.inputs[:, :, bits].sum(0)  # one item delimiter per item
     assert ((items >= lo) & (items <= lo + extra)).all()
@@ -72,7 +73,7 @@ def test_associative_recall_scores_one_item(batch, bits, item_length, lo, extra,
 @FAST
 @given(batch=st.integers(1, 5), context=st.integers(1, 5), length=st.integers(1, 40), seed=st.integers(0, 2**31 - 1))
 def test_ngrams_score_every_bit(batch, context, length, seed):
-    task = NGrams(context=context, length=length)
+    task = build_task("ngrams", context=context, length=length)
     b = task.sample(batch, torch.Generator().manual_seed(seed))
     _check_batch(b, batch, 1, 1, torch.full((batch,), length), 1)
 
@@ -82,7 +83,7 @@ def test_ngrams_score_every_bit(batch, context, length, seed):
        seed=st.integers(0, 2**31 - 1))
 def test_priority_sort_targets_are_the_top_vectors_in_order(batch, bits, n, k_frac, seed):
     k = max(1, round(k_frac * n))
-    task = PrioritySort(bits=bits, num_inputs=n, num_outputs=k)
+    task = build_task("priority_sort", bits=bits, num_inputs=n, num_outputs=k)
     b = task.sample(batch, torch.Generator().manual_seed(seed))
     _check_batch(b, batch, task.input_width, task.output_width, torch.full((batch,), k), bits)
     priorities = b.inputs[:n, :, bits]

@@ -144,7 +144,7 @@ def test_paper_curves_load_in_thousands_and_plot_on_the_papers_axes():
     paper = load_paper_curves()
     assert {k[0] for k in paper} == {"fig3_copy", "fig7_repeatcopy", "fig10_assoc", "fig11_assoc_gen", "fig13_ngram",
                                      "fig18_sort"}
-    for model, values in PAPER_FIG11.items():  # the CSV and SPEC.md's table agree
+    for model, values in PAPER_FIG11.items():  # the CSV and the values read off Fig 11 agree
         name = MODEL_LABELS[model]
         assert [c for _, c in paper[("fig11_assoc_gen", name)]] == pytest.approx(values, abs=0.02, rel=0.01)
     for figure in FIGURES:

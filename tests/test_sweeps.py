@@ -13,7 +13,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import MODELS, TINY, compose_config, ntm_train_exe, run_cli, run_dirs, scalars
-from ntm_experiments.sweep import FAILED_NAME, SUMMARY_NAME, cpu_threads_per_job, job_device, parallel_jobs
+from ntm_experiments.sweep import FAILED_NAME, SUMMARY_NAME, cpu_threads_per_job, parallel_jobs
 from ntm_experiments.train import COST_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,15 +27,6 @@ EXPERIMENTS = {"paper_copy": "copy", "paper_repeat_copy": "repeat_copy",
 
 
 # ---------------------------------------------------------------- pure functions
-def test_jobs_spread_over_gpus_by_job_number():
-    assert [job_device("auto", n, 4) for n in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
-    assert job_device("auto", 5, 1) == "auto"      # one GPU (or none): auto picks it, or the CPU
-    assert job_device("auto", 5, 0) == "auto"
-    assert job_device("auto", None, 4) == "auto"   # a single run is not a sweep job
-    assert job_device("cpu", 3, 4) == "cpu"        # an explicit device is kept
-    assert job_device("cuda:1", 2, 4) == "cuda:1"
-
-
 def test_parallel_jobs_one_per_gpu_else_one_per_core_with_one_thread_each():
     assert parallel_jobs(cuda_devices=4, cpus=16) == 4
     assert parallel_jobs(cuda_devices=0, cpus=16) == 16

@@ -1,4 +1,5 @@
-"""The training loop, in-process: every pair trains, curves are reproducible, main returns the cost."""
+"""The training loop, in-process: every pair trains, curves are reproducible, main returns the cost,
+training lowers the cost, and each logged point is the mean of its window."""
 
 from __future__ import annotations
 

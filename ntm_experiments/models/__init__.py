@@ -16,7 +16,8 @@ from .ntm import NTM, NTMState, Trace
 
 
 def make_model(cfg: Mapping[str, Any], input_size: int, output_size: int) -> nn.Module:
-    """Build a model from its config node (``cfg.model``)."""
+    """Build a model from its config node (``cfg.model``): every key but ``name`` is one of the
+    constructor's keyword arguments (all required: the values live in conf/model/ and conf/shared/ntm.yaml)."""
     settings = dict(cfg)
     settings.pop("name")  # the model group name; the keys left are the constructor's
     if "controller" in settings:

@@ -19,7 +19,7 @@ from torch import nn
 
 
 class StackedLSTM(nn.Module):
-    def __init__(self, input_size: int, output_size: int, hidden_size: int = 256, layers: int = 3, **_):
+    def __init__(self, input_size: int, output_size: int, *, hidden_size: int, layers: int):
         super().__init__()
         self.H, self.L = hidden_size, layers
         self.layers = nn.ModuleList(

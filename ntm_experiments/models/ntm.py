@@ -44,7 +44,7 @@ class Trace(NamedTuple):
 class FeedforwardController(nn.Module):
     """One tanh hidden layer; no state."""
 
-    def __init__(self, input_size: int, size: int, layers: int = 1):
+    def __init__(self, input_size: int, size: int, layers: int):
         super().__init__()
         sizes = [input_size] + [size] * layers
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
@@ -62,7 +62,7 @@ class FeedforwardController(nn.Module):
 class LSTMController(nn.Module):
     """Stacked LSTM cells with a learned initial (h, c) per layer; the top layer's h is the output."""
 
-    def __init__(self, input_size: int, size: int, layers: int = 1):
+    def __init__(self, input_size: int, size: int, layers: int):
         super().__init__()
         self.cells = nn.ModuleList(nn.LSTMCell(input_size if i == 0 else size, size) for i in range(layers))
         self.h0 = nn.Parameter(torch.zeros(layers, size))  # learned initial state (§4)
@@ -85,10 +85,9 @@ class LSTMController(nn.Module):
 
 
 class NTM(nn.Module):
-    def __init__(self, input_size: int, output_size: int, controller: str = "lstm", controller_size: int = 100,
-                 controller_layers: int = 1, read_heads: int = 1, write_heads: int = 1, memory_rows: int = 128,
-                 memory_width: int = 20, shift_range: int = 1, memory_init: str = "learned",
-                 memory_init_value: float = 1e-6, initial_focus: float = 8.0, **_):
+    def __init__(self, input_size: int, output_size: int, *, controller: str, controller_size: int,
+                 controller_layers: int, read_heads: int, write_heads: int, memory_rows: int, memory_width: int,
+                 shift_range: int, memory_init: str, memory_init_value: float, initial_focus: float):
         super().__init__()
         self.R, self.W, self.N, self.M = read_heads, write_heads, memory_rows, memory_width
         self.K = 2 * shift_range + 1

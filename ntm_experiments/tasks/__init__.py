@@ -21,7 +21,8 @@ TASKS: dict[str, type[Task]] = {
 
 
 def make_task(cfg: Mapping[str, Any]) -> Task:
-    """Build a task from its config node (``cfg.task``)."""
+    """Build a task from its config node (``cfg.task``): ``name`` picks the class, every other key is
+    one of its keyword arguments (all required: the values live in conf/task/)."""
     settings = dict(cfg)
     name = settings.pop("name")
     if name not in TASKS:

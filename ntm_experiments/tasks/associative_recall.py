@@ -20,7 +20,7 @@ from .base import Batch, EvalSetting, Task, randint, random_bits
 class AssociativeRecall(Task):
     name = "associative_recall"
 
-    def __init__(self, bits: int = 6, item_length: int = 3, min_items: int = 2, max_items: int = 6, **_):
+    def __init__(self, *, bits: int, item_length: int, min_items: int, max_items: int):
         self.bits, self.item_length = bits, item_length
         self.min_items, self.max_items = min_items, max_items
         self.input_width = bits + 2

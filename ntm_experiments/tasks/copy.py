@@ -19,7 +19,7 @@ from .base import Batch, EvalSetting, Task, randint, random_bits
 class Copy(Task):
     name = "copy"
 
-    def __init__(self, bits: int = 8, min_length: int = 1, max_length: int = 20, spare_channels: int = 1, **_):
+    def __init__(self, *, bits: int, min_length: int, max_length: int, spare_channels: int):
         self.bits, self.min_length, self.max_length = bits, min_length, max_length
         self.spare_channels = spare_channels
         self.input_width = bits + 1 + spare_channels

@@ -22,7 +22,7 @@ def beta_half(size: tuple[int, ...], generator: torch.Generator) -> torch.Tensor
     return torch.sin(0.5 * math.pi * u).pow(2).float()
 
 
-def optimal_predictions(bits: torch.Tensor, context: int = 5) -> torch.Tensor:
+def optimal_predictions(bits: torch.Tensor, context: int) -> torch.Tensor:
     """Bayes-optimal P(bit_t = 1 | bits before t) under the Beta(1/2, 1/2) prior (eq. 10):
     (N1 + 1/2) / (N1 + N0 + 1) with N1, N0 counted over earlier steps with the same context;
     1/2 while fewer than ``context`` bits have been seen.
@@ -48,7 +48,7 @@ class NGrams(Task):
     input_width = 1
     output_width = 1
 
-    def __init__(self, context: int = 5, length: int = 200, **_):
+    def __init__(self, *, context: int, length: int):
         self.context, self.length = context, length
 
     def suite(self, lengths: list[int] | None = None) -> list[EvalSetting]:

@@ -20,7 +20,7 @@ from .base import Batch, EvalSetting, Task, random_bits
 class PrioritySort(Task):
     name = "priority_sort"
 
-    def __init__(self, bits: int = 8, num_inputs: int = 20, num_outputs: int = 16, **_):
+    def __init__(self, *, bits: int, num_inputs: int, num_outputs: int):
         self.bits, self.num_inputs, self.num_outputs = bits, num_inputs, num_outputs
         self.input_width = bits + 2
         self.output_width = bits

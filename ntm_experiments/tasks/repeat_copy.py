@@ -20,8 +20,8 @@ from .base import Batch, EvalSetting, Task, randint, random_bits
 class RepeatCopy(Task):
     name = "repeat_copy"
 
-    def __init__(self, bits: int = 6, min_length: int = 1, max_length: int = 10, min_repeats: int = 1,
-                 max_repeats: int = 10, repeats_mean: float = 5.5, repeats_std: float = 2.872, **_):
+    def __init__(self, *, bits: int, min_length: int, max_length: int, min_repeats: int, max_repeats: int,
+                 repeats_mean: float, repeats_std: float):
         self.bits, self.min_length, self.max_length = bits, min_length, max_length
         self.min_repeats, self.max_repeats = min_repeats, max_repeats
         self.repeats_mean, self.repeats_std = repeats_mean, repeats_std
