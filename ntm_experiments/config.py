@@ -17,6 +17,21 @@ from .errors import ConfigError
 from .schema import register_configs
 
 
+def _find_stacked_launcher() -> None:
+    """Make Hydra's plugin scan see hydra/launcher=stacked (hydra_plugins/ntm_stacked_launcher) in a
+    source checkout or an editable install too: there the package sits beside ntm_experiments/,
+    behind an import hook whose path Hydra's scan (pkgutil.walk_packages) cannot list. A regular
+    install puts it in site-packages/hydra_plugins/, where the scan finds it anyway."""
+    import hydra_plugins  # a namespace package (hydra-core ships its own portion)
+
+    beside = Path(__file__).resolve().parent.parent / "hydra_plugins"
+    if (beside / "ntm_stacked_launcher").is_dir() and str(beside) not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(str(beside))
+
+
+_find_stacked_launcher()
+
+
 def config_dir() -> str:
     """Absolute path of the Hydra config tree.
 

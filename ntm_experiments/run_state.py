@@ -48,6 +48,12 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
+def owned(state: dict) -> dict:
+    """A state dict whose tensors own their memory: a stacked run's weights are views of the
+    stack's rows (fast/stacked.py), and saving a view would save every run's weights."""
+    return {key: value.detach().clone() for key, value in state.items()}
+
+
 class RunParts(NamedTuple):
     task: Task
     model: torch.nn.Module
@@ -133,7 +139,7 @@ class DivergenceGuard:
 
     def remember(self, seen: int) -> None:
         """The state a restore goes back to: the model and optimiser as they are now, at ``seen``."""
-        self.good = {"model": copy.deepcopy(self.model.state_dict()),
+        self.good = {"model": owned(self.model.state_dict()),
                      "optimizer": copy.deepcopy(self.optimizer.state_dict()), "seen": seen}
 
     @property
@@ -179,8 +185,11 @@ class RunState:
     window, divergence guard and checkpoint. ``RunState(cfg, run_dir, device)`` builds the run,
     resumes it when ``cfg.resume`` asks, and opens its writer."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device):
+    def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, logger: logging.Logger | None = None):
+        """``logger``: where the run's own messages go (default: ntm_experiments.train; a stack
+        gives each run its own, writing to the run's train.log)."""
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.log = logger or log
         run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_path = run_dir / checkpoint.CHECKPOINT_NAME
         for stale in run_dir.glob(f".{checkpoint.CHECKPOINT_NAME}.*.tmp"):  # a write cut short by a kill
@@ -202,6 +211,10 @@ class RunState:
             raise ConfigError(f"{self.run_dir} already holds a checkpoint: pass resume=true to continue it, or use a new folder")
         if not resuming:
             return
+        if cfg.resume is True or str(cfg.resume).lower() == "true":
+            if not self.checkpoint_path.exists():  # a sweep's job (hydra.sweep.dir given again) killed
+                self.log.info("resume=true: no checkpoint in %s yet; starting this run afresh", self.run_dir)
+                return  # before its first checkpoint; a single run's resume=true always finds one
         saved = checkpoint.load(self.checkpoint_path)
         check_resumable(saved["config"], cfg)
         self.model.load_state_dict(saved["model"])
@@ -211,20 +224,20 @@ class RunState:
             changed = {k: (group[k], v) for k, v in settings.items() if group[k] != v}
             group.update(settings)
         if changed:
-            log.info("resume: optimiser settings changed: %s",
+            self.log.info("resume: optimiser settings changed: %s",
                      ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
         checkpoint.restore_rng_states(saved["rng"], self.data.generator)
         self.data.restore(self.data.generator.get_state())
         self.seen, self.last_cost = saved["sequences_seen"], saved["last_cost"]
         self.best_eval = saved.get("best_eval_cost", math.inf)
-        log.info("resumed %s at %d sequences", self.checkpoint_path, self.seen)
+        self.log.info("resumed %s at %d sequences", self.checkpoint_path, self.seen)
 
     def _open_writer(self) -> None:
         cfg = self.cfg
         for warning in capacity_warnings(self.task, cfg.model.get("memory_rows"), cfg.eval):
-            log.warning(warning)
+            self.log.warning(warning)
         n_params, paper_params = count_parameters(self.model), cfg.paper.params
-        log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
+        self.log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
                  cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
         # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
         # (the checkpoint's own point, at step `seen`, stays)
@@ -251,7 +264,7 @@ class RunState:
         self.writer.add_scalar("train/skipped_steps", self.guard.skipped, self.seen)
         if restored:
             self.writer.add_scalar("train/restores", self.guard.restores, self.seen)
-            log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
+            self.log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
                         self.guard.max_bad_steps, self.guard.good_seen, self.guard.restores, self.guard.max_restores)
         return restored
 
@@ -275,7 +288,7 @@ class RunState:
         if crossed(cfg.train.checkpoint_every):  # always a logging boundary too (validated)
             skipped = self.guard.skipped_since_checkpoint()
             if skipped and self.seen < self.total:  # unstable since the last one: keep that one
-                log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
+                self.log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
                             skipped, self.seen)
             else:
                 self.save_checkpoint()
@@ -286,13 +299,13 @@ class RunState:
         """The run as it stands, atomically (checkpoint.save); skipped when a weight is not finite."""
         self.writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
         if not all(torch.isfinite(p).all() for p in self.params):  # a finite step can still overflow the weights
-            log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
+            self.log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
                         self.seen, self.guard.good_seen)
             return
         self.guard.remember(self.seen)
         try:
             checkpoint.save(self.checkpoint_path, {
-                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "model": owned(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
                 "sequences_seen": self.seen, "last_cost": self.last_cost, "best_eval_cost": self.best_eval,
                 "config": OmegaConf.to_container(self.cfg, resolve=True),
                 "rng": checkpoint.rng_states(self.data.generator, self.data.state)})
@@ -305,6 +318,6 @@ class RunState:
         if not self.checkpoint_path.exists():  # resumed a run that had already finished
             self.save_checkpoint()
         self.writer.close()
-        log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
+        self.log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
                  self.seen, self.last_cost, self.best_eval)
         return float(self.last_cost if self.cfg.objective == "final_train_cost" else self.best_eval)

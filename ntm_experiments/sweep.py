@@ -76,6 +76,49 @@ def run_job(train: Callable[[DictConfig, Path], float], cfg: DictConfig, hydra_c
         return None
 
 
+def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: str,
+                     stack_number: int = 0) -> list[float | None]:
+    """The jobs of one stack (hydra/launcher=stacked): trained together (train.train_stack), each
+    run's messages in its own ``train.log``, a failed run's line in its FAILED file while the
+    others go on; returns each job's objective (None: failed). With ``device=auto`` and several
+    GPUs, stack n takes ``cuda:(n mod count)``."""
+    import torch
+
+    from .train import train_stack
+
+    for cfg in cfgs:
+        cfg.device = job_device(str(cfg.device), stack_number, torch.cuda.device_count())
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)  # the last job's train.log, which would get every run's lines
+        handler.close()
+    loggers, handlers = [], []
+    for k, run_dir in enumerate(run_dirs):
+        logger = logging.getLogger(f"ntm_experiments.stack.run{k}")
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter(log_format))
+        logger.addHandler(handler)
+        loggers.append(logger)
+        handlers.append((logger, handler))
+
+    def failed(k: int, error: BaseException) -> None:
+        line = failure_line(error)
+        loggers[k].error("job failed: %s", line)
+        mark_failed(run_dirs[k], line)
+
+    try:
+        return train_stack(cfgs, run_dirs, on_failure=failed, loggers=loggers)
+    except Exception as error:  # noqa: BLE001 - the stack as a whole failed: every run says why
+        log.exception("stack failed: %s", failure_line(error))
+        for k in range(len(cfgs)):
+            failed(k, error)
+        return [None] * len(cfgs)
+    finally:
+        for logger, handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
 def mark_failed(job_dir: Path, line: str) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / FAILED_NAME).write_text(line.strip() + "\n")

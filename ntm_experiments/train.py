@@ -8,20 +8,22 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from pathlib import Path
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .cli import discard_empty_run_dir, exit_with_error
 from .config import config_dir
 from .devices import resolve_device
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .fast import make_train_step, use_fast_path
+from .fast.stacked import StackedStep, stacked_forward
 from .run_state import RunState
 from .runs import COST_TAG  # noqa: F401 - the training-cost tag, re-exported for the tests
 from .sweep import run_job
@@ -72,6 +74,106 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         bar.update(batch.batch_size)
     bar.close()
     return run.finish()
+
+
+def stack_key(cfg: DictConfig) -> tuple:
+    """What runs must share to be stacked: the task, the model's shapes, the batch size and the
+    device. Seeds, learning rates and the other optimiser settings, clip values, run lengths
+    and logging may differ."""
+    return (OmegaConf.to_yaml(cfg.task), OmegaConf.to_yaml(cfg.model), cfg.train.batch_size, str(cfg.device),
+            str(cfg.train.fast_path), str(cfg.train.fast_path_core))
+
+
+def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
+                loggers: list[logging.Logger] | None = None) -> list[float | None]:
+    """Train several runs as one computation (fast/stacked.py): each run with its own folder,
+    weights, data, optimiser settings, clip value, events, checkpoints and evaluations, as if it
+    ran alone. Returns each run's ``cfg.objective``, or None for a run that failed: it stops
+    alone (``on_failure(k, error)`` is told, e.g. to write its FAILED file) and the others go on.
+    ``loggers``: one per run for its own messages (default: this module's)."""
+    keys = {stack_key(cfg) for cfg in cfgs}
+    if len(keys) != 1:
+        raise ConfigError("train_stack: the runs differ in task, model, train.batch_size, device or fast path; "
+                          "only runs that share them can be stacked")
+    for cfg in cfgs:
+        validate(cfg)
+    device = torch.device(resolve_device(str(cfgs[0].device)))
+    results: list[float | None] = [None] * len(cfgs)
+    runs: list[RunState | None] = []
+    for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
+        try:
+            runs.append(RunState(cfg, run_dir, device, loggers[k] if loggers else None))
+        except RunError as error:
+            runs.append(None)
+            if on_failure is None:
+                raise
+            on_failure(k, error)
+    live = [k for k, run in enumerate(runs) if run is not None]
+    if not live:
+        return results
+    first = runs[live[0]]
+    fast = use_fast_path(first.cfg.train.fast_path, first.model, device,
+                         max(runs[k].total - runs[k].seen for k in live), first.cfg.train.fast_path_min_sequences)
+    core = None if first.cfg.train.fast_path_core == "auto" else first.cfg.train.fast_path_core
+    forwards = [stacked_forward(fast, runs[k].model, device, core) for k in live]
+    stepper = StackedStep([runs[k].model for k in live], [runs[k].task for k in live],
+                          [runs[k].optimizer for k in live], [runs[k].params for k in live], forwards)
+    for view, k in zip(stepper.run_optimizers, live):  # each run now steps with its row of the stack
+        runs[k].optimizer = runs[k].guard.optimizer = view
+    group = [runs[k] for k in live]
+    clip = torch.tensor([run.cfg.train.clip_value for run in group])
+    active = [run.seen < run.total for run in group]
+    for i, run in enumerate(group):
+        if not active[i]:  # resumed a run that had already finished
+            results[live[i]] = run.finish()
+    what = f"fast path ({stepper_core(forwards)})" if fast else "plain eager"
+    for run in group:
+        run.log.info("training step: %d runs stacked, %s on %s", len(group), what, device)
+    bar = tqdm(total=sum(run.total for run in group), initial=sum(run.seen for run in group), unit="seq",
+               unit_scale=True, dynamic_ncols=True, disable=not first.cfg.progress, mininterval=1.0,
+               desc=f"{first.cfg.task.name}/{first.cfg.model.name} x{len(group)}")
+    for run in group:
+        run.model.train()
+    while any(active):
+        batches = [run.data.next(run.total - run.seen) if on else None for run, on in zip(group, active)]
+        costs, grad_norms = stepper.forward_backward(batches)  # [cost (B,) bits] per run, norms (K,)
+        finite = [on and bool(torch.isfinite(c.sum()) & torch.isfinite(n)) for on, c, n in zip(active, costs, grad_norms)]
+        for i, (run, batch) in enumerate(zip(group, batches)):
+            if batch is None:
+                continue
+            run.data.draw_ahead(run.total - run.seen - batch.batch_size)
+            if not finite[i]:
+                try:  # skipped; after train.max_bad_steps in a row, the last good state, loaded into its row
+                    run.skip_step()
+                except RunError as error:
+                    active[i] = False
+                    if on_failure is None:
+                        raise
+                    on_failure(live[i], error)
+        stepper.update(torch.tensor(finite), clip)  # clip each run's gradient (§4.6), RMSProp the finite ones
+        for i, run in enumerate(group):
+            if not finite[i]:
+                continue
+            try:
+                run.record(costs[i], grad_norms[i])  # counted; logged, evaluated, checkpointed at boundaries
+                bar.update(costs[i].shape[0])
+                if run.seen >= run.total:
+                    results[live[i]], active[i] = run.finish(), False
+            except RunError as error:
+                active[i] = False
+                if on_failure is None:
+                    raise
+                on_failure(live[i], error)
+        logged = [run.last_cost for run in group if run.last_cost == run.last_cost]
+        if logged:
+            bar.set_postfix(median=f"{statistics.median(logged):.3f}", worst=f"{max(logged):.3f} bits/seq", refresh=False)
+    bar.close()
+    return results
+
+
+def stepper_core(forwards) -> str:
+    cores = {type(forward).__name__ for forward in forwards if forward is not None}
+    return ", ".join(sorted(cores)) or "nn.LSTM"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")

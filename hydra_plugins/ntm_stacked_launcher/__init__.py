@@ -1,0 +1,1 @@
+"""ntm-experiments' Hydra launcher: ``hydra/launcher=stacked`` (stacked_launcher.py)."""

@@ -1,0 +1,105 @@
+"""``ntm-train -m hydra/launcher=stacked <sweep>``: the sweep's jobs that can share one computation
+(the same task, model shapes, batch size, device and fast path) are trained as one stack
+(ntm_experiments.train.train_stack), at most ``max_stack`` runs at a time; a job that fits no
+group runs as Hydra's basic launcher runs it.
+
+Each job keeps what Hydra gives a job: its composed config, its folder with ``.hydra/`` and
+``train.log``, its overrides, and a JobReturn with its objective (or its failure). Hydra's per-job
+set-up (``run_job``: folders, ``.hydra/``, logging, job callbacks) is done for every job first;
+its ``on_job_end`` callbacks therefore run before the stack trains (this project's
+FailureReport reads the FAILED files at the end of the sweep, so it is not affected).
+This module imports nothing heavy: Hydra imports every plugin at start-up (and runs it before it is
+in sys.modules, which a dataclass cannot take).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("ntm_experiments.stacked_launcher")
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+
+class _Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module outside sys.modules
+    index: int
+    config: DictConfig   # the job's config, without hydra
+    run_dir: Path
+    result: JobReturn
+
+
+class StackedLauncher(Launcher):
+    def __init__(self, max_stack: int = 64) -> None:
+        if not isinstance(max_stack, int) or max_stack < 1:
+            raise ValueError(f"hydra.launcher.max_stack={max_stack}: must be a positive integer")
+        self.max_stack = max_stack
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ntm_experiments.train import stack_key
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None and self.task_function is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for offset, overrides in enumerate(job_overrides):
+            index = initial_job_idx + offset
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = index
+                sweep_config.hydra.job.num = index
+            configs.append((index, overrides, sweep_config))
+        groups: dict[tuple, list] = {}
+        for job in configs:
+            task_config = OmegaConf.masked_copy(job[2], [k for k in job[2] if k != "hydra"])
+            groups.setdefault(stack_key(task_config), []).append(job)
+        chunks = [jobs[i:i + self.max_stack] for jobs in groups.values() for i in range(0, len(jobs), self.max_stack)]
+        log.info("Launching %d jobs as %d stack(s) of at most %d", len(configs), len(chunks), self.max_stack)
+        returns: dict[int, JobReturn] = {}
+        for chunk in chunks:
+            for index, overrides, _ in chunk:
+                log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+            if len(chunk) == 1:
+                index, _, sweep_config = chunk[0]
+                returns[index] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                         config=sweep_config, job_dir_key="hydra.sweep.dir",
+                                         job_subdir_key="hydra.sweep.subdir")
+            else:
+                returns.update(self._run_stack(chunk))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return [returns[index] for index, _, _ in configs]
+
+    def _run_stack(self, chunk: list) -> dict[int, JobReturn]:
+        from ntm_experiments.sweep import run_stacked_jobs
+
+        jobs: list[_Job] = []
+        for index, _, sweep_config in chunk:
+            seen: dict[str, Any] = {}
+
+            def prepare(task_config: DictConfig, seen=seen) -> None:  # Hydra's per-job set-up, then this
+                from hydra.core.hydra_config import HydraConfig
+
+                seen["config"], seen["run_dir"] = task_config, Path(HydraConfig.get().runtime.output_dir)
+
+            result = run_job(hydra_context=self.hydra_context, task_function=prepare, config=sweep_config,
+                             job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+            jobs.append(_Job(index, seen["config"], seen["run_dir"], result))
+        self.stacks_run = getattr(self, "stacks_run", 0) + 1
+        outcomes = run_stacked_jobs([job.config for job in jobs], [job.run_dir for job in jobs], LOG_FORMAT,
+                                    stack_number=self.stacks_run - 1)
+        for job, outcome in zip(jobs, outcomes):
+            job.result.return_value = outcome
+            job.result.status = JobStatus.COMPLETED
+        return {job.index: job.result for job in jobs}
