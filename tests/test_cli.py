@@ -163,6 +163,11 @@ def test_regular_install_finds_its_configs_from_any_directory(tmp_path, workdir)
                      exe=str(target / "bin" / "ntm-train"), env=env)
     assert result.returncode == 0, result.stderr
     assert "read_heads: 5" in result.stdout and "controller_layers: 2" in result.stdout
+    # Hydra's plugin scan finds hydra/launcher=stacked in the installed package, as in the editable one
+    for exe, extra in ((str(target / "bin" / "ntm-train"), env), (None, None)):
+        plugins = run_cli(["--info", "plugins"], cwd=workdir, exe=exe, env=extra)
+        assert plugins.returncode == 0, plugins.stderr
+        assert "\t\tStackedLauncher\n" in plugins.stdout  # listed under Launcher:
 
 
 def test_multirun_with_cfg_is_one_line_not_a_traceback(workdir):

@@ -17,7 +17,7 @@ def test_the_wheel_ships_every_config_and_every_file_of_the_package(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for name in ("ntm_experiments", "conf"):
+    for name in ("ntm_experiments", "conf", "hydra_plugins"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                             "--no-index", "-w", str(tmp_path / "wheel"), str(source)],
@@ -33,3 +33,6 @@ def test_the_wheel_ships_every_config_and_every_file_of_the_package(tmp_path):
     package = {p.relative_to(source).as_posix() for p in (source / "ntm_experiments").rglob("*") if p.is_file()}
     assert "ntm_experiments/data/figure_curves.csv" in package
     assert sorted(package - shipped) == []  # modules of every subpackage, the data, the native core's source
+    plugin = {p.relative_to(source).as_posix() for p in (source / "hydra_plugins").rglob("*.py")}
+    assert "hydra_plugins/ntm_stacked_launcher/stacked_launcher.py" in plugin
+    assert sorted(plugin - shipped) == []  # hydra/launcher=stacked, where Hydra's plugin scan looks

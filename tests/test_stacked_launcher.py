@@ -1,0 +1,84 @@
+"""hydra/launcher=stacked from the shell: a sweep's runs of one shape trained as one stack, each
+with its own folder, events, checkpoint, train.log and failure; killed and resumed."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ntm_train_exe, run_cli, scalars
+from ntm_experiments.train import COST_TAG
+from test_faults import _env
+
+SMALL = ["task=copy", "task.max_length=5", "model=ntm_lstm", "model.controller_size=12", "model.memory_rows=8",
+         "model.memory_width=5", "train.batch_size=2", "train.log_every=16", "train.checkpoint_every=32",
+         "train.fast_path=true", "eval.every=1000000", "eval.sequences=4", "eval.pictures=false", "progress=false"]
+STACKED = ["-m", "hydra/launcher=stacked", "hydra.sweep.subdir=seed${seed}_lr${train.lr}"]
+
+
+def test_four_seeds_stacked_each_its_own_run_and_seed_3_as_alone(workdir):
+    sweep = workdir / "sweep"
+    result = run_cli([*STACKED, *SMALL, "train.total_sequences=160", f"hydra.sweep.dir={sweep}", "seed=1,2,3,4"],
+                     cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in runs] == [f"seed{s}_lr0.0001" for s in (1, 2, 3, 4)]
+    for run in runs:
+        assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoint.pt").is_file()
+        log = (run / "train.log").read_text()
+        assert "4 runs stacked" in log and "finished: 160 sequences" in log
+        assert log.count("finished:") == 1  # its own lines only
+    alone = workdir / "alone"
+    result = run_cli([*SMALL, "train.total_sequences=160", "seed=3", f"hydra.run.dir={alone}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    stacked, solo = scalars(sweep / "seed3_lr0.0001", COST_TAG), scalars(alone, COST_TAG)
+    assert [s for s, _ in stacked] == [s for s, _ in solo] == list(range(16, 161, 16))
+    assert [v for _, v in stacked] == pytest.approx([v for _, v in solo], rel=1e-4)
+
+
+def test_a_diverging_job_fails_alone_and_the_sweep_exits_1(workdir):
+    sweep = workdir / "sweep"
+    result = run_cli([*STACKED, *SMALL, "train.total_sequences=64", "train.max_bad_steps=2", "train.max_restores=1",
+                      f"hydra.sweep.dir={sweep}", "seed=1,2", "train.lr=1e-4,1e38"], cwd=workdir)
+    assert result.returncode == 1, result.stderr
+    failed = sorted(p.parent.name for p in sweep.rglob("FAILED"))
+    assert failed == ["seed1_lr1e+38", "seed2_lr1e+38"]
+    assert "training diverged" in (sweep / "seed1_lr1e+38" / "FAILED").read_text()
+    for name in ("seed1_lr0.0001", "seed2_lr0.0001"):
+        assert [s for s, _ in scalars(sweep / name, COST_TAG)][-1] == 64
+    assert "2 of 4 jobs of the sweep" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_stack_resumes_every_run_to_its_uninterrupted_curve(workdir):
+    sweep = workdir / "killed"
+    args = [*STACKED, *SMALL, "train.fast_path=false", f"hydra.sweep.dir={sweep}", "seed=1,2,3"]
+    proc = subprocess.Popen([ntm_train_exe(), *args, "train.total_sequences=100000"], cwd=workdir, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    checkpoints = [sweep / f"seed{s}_lr0.0001" / "checkpoint.pt" for s in (1, 2, 3)]
+    while not all(c.exists() for c in checkpoints) and time.monotonic() < deadline:
+        assert proc.poll() is None
+        time.sleep(0.01)
+    time.sleep(random.Random(0).uniform(0.2, 0.6))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    import torch
+    seen = [torch.load(c, weights_only=False)["sequences_seen"] for c in checkpoints]
+    total = max(seen) + 64
+    resumed = run_cli([*args, f"train.total_sequences={total}", "resume=true"], cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = workdir / "straight"
+    result = run_cli([*STACKED, *SMALL, "train.fast_path=false", f"hydra.sweep.dir={straight}", "seed=1,2,3",
+                      f"train.total_sequences={total}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    for s in (1, 2, 3):
+        name = f"seed{s}_lr0.0001"
+        killed_curve, whole = scalars(sweep / name, COST_TAG), scalars(straight / name, COST_TAG)
+        assert [x for x, _ in killed_curve] == [x for x, _ in whole] == list(range(16, total + 1, 16))
+        assert [v for _, v in killed_curve] == [v for _, v in whole]  # bitwise: each run's arithmetic is its own
