@@ -95,6 +95,7 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
     loggers, handlers = [], []
     for k, run_dir in enumerate(run_dirs):
         logger = logging.getLogger(f"ntm_experiments.stack.run{k}")
+        logger.setLevel(logging.INFO)  # a submitit worker configures no logging of its own
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter(log_format))
         logger.addHandler(handler)

@@ -82,3 +82,20 @@ def test_a_killed_stack_resumes_every_run_to_its_uninterrupted_curve(workdir):
         killed_curve, whole = scalars(sweep / name, COST_TAG), scalars(straight / name, COST_TAG)
         assert [x for x, _ in killed_curve] == [x for x, _ in whole] == list(range(16, total + 1, 16))
         assert [v for _, v in killed_curve] == [v for _, v in whole]  # bitwise: each run's arithmetic is its own
+
+
+@pytest.mark.slow
+def test_each_stack_becomes_one_submitit_job(workdir):
+    """hydra/launcher=stacked_slurm's path through submitit's local executor: three seeds, one stack,
+    one job of the array."""
+    sweep = workdir / "sweep"
+    result = run_cli(["-m", "hydra/launcher=stacked_submitit_local", "hydra.launcher.submitit.timeout_min=10",
+                      "hydra.sweep.subdir=seed${seed}", *SMALL, "train.total_sequences=64", f"hydra.sweep.dir={sweep}",
+                      "seed=1,2,3"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    jobs = [p for p in (sweep / ".submitit").iterdir() if p.name != "%j"]
+    assert len(jobs) == 1 and list(jobs[0].glob("*_0_result.pkl"))  # one stack, one job
+    for s in (1, 2, 3):
+        run = sweep / f"seed{s}"
+        assert [x for x, _ in scalars(run, COST_TAG)] == [16, 32, 48, 64]
+        assert "3 runs stacked" in (run / "train.log").read_text()

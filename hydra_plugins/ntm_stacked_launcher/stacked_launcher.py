@@ -35,10 +35,14 @@ class _Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_stack: int = 64) -> None:
+    """``max_stack``: most runs in one stack. ``submitit``: None to train the stacks here, one after
+    another; or a submitit launcher's settings (hydra/launcher/stacked_slurm.yaml includes the
+    slurm preset's), and each stack becomes one job of a submitit job array."""
+
+    def __init__(self, max_stack: int = 64, submitit: Any = None) -> None:
         if not isinstance(max_stack, int) or max_stack < 1:
             raise ValueError(f"hydra.launcher.max_stack={max_stack}: must be a positive integer")
-        self.max_stack = max_stack
+        self.max_stack, self.submitit = max_stack, submitit
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -68,6 +72,12 @@ class StackedLauncher(Launcher):
         chunks = [jobs[i:i + self.max_stack] for jobs in groups.values() for i in range(0, len(jobs), self.max_stack)]
         log.info("Launching %d jobs as %d stack(s) of at most %d", len(configs), len(chunks), self.max_stack)
         returns: dict[int, JobReturn] = {}
+        if self.submitit is not None:
+            for chunk in chunks:
+                for index, overrides, _ in chunk:
+                    log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+            returns = self._submit(chunks)
+            return [returns[index] for index, _, _ in configs]
         for chunk in chunks:
             for index, overrides, _ in chunk:
                 log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
@@ -81,9 +91,9 @@ class StackedLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[index] for index, _, _ in configs]
 
-    def _run_stack(self, chunk: list) -> dict[int, JobReturn]:
-        from ntm_experiments.sweep import run_stacked_jobs
-
+    def _prepare(self, chunk: list) -> list[_Job]:
+        """Hydra's per-job set-up (run_job: the job's folder, .hydra/, logging, callbacks) for every
+        job of a stack, here; the training comes after, for all of them at once."""
         jobs: list[_Job] = []
         for index, _, sweep_config in chunk:
             seen: dict[str, Any] = {}
@@ -96,6 +106,12 @@ class StackedLauncher(Launcher):
             result = run_job(hydra_context=self.hydra_context, task_function=prepare, config=sweep_config,
                              job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             jobs.append(_Job(index, seen["config"], seen["run_dir"], result))
+        return jobs
+
+    def _run_stack(self, chunk: list) -> dict[int, JobReturn]:
+        from ntm_experiments.sweep import run_stacked_jobs
+
+        jobs = self._prepare(chunk)
         self.stacks_run = getattr(self, "stacks_run", 0) + 1
         outcomes = run_stacked_jobs([job.config for job in jobs], [job.run_dir for job in jobs], LOG_FORMAT,
                                     stack_number=self.stacks_run - 1)
@@ -103,3 +119,42 @@ class StackedLauncher(Launcher):
             job.result.return_value = outcome
             job.result.status = JobStatus.COMPLETED
         return {job.index: job.result for job in jobs}
+
+    def _submit(self, chunks: list) -> dict[int, JobReturn]:
+        """Each stack as one job of a submitit job array (Slurm, or submitit's local executor), with
+        the submitit launcher's settings mapped as hydra-submitit-launcher maps them."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        from ntm_experiments.sweep import run_stacked_jobs
+
+        settings = self.submitit
+        params = dict(settings.params) if hasattr(settings, "params") else OmegaConf.to_container(settings, resolve=True)
+        params.pop("_target_", None)
+        cluster = getattr(settings, "_EXECUTOR", None) or params.pop("cluster", "slurm")
+        init = {"folder": params.pop("submitit_folder")}
+        if "max_num_timeout" in params:
+            init[f"{cluster}_max_num_timeout"] = params.pop("max_num_timeout")
+        executor = submitit.AutoExecutor(cluster=cluster, **init)
+        base = set(OmegaConf.structured(BaseQueueConf).keys())
+        executor.update_parameters(**{key if key in base else f"{cluster}_{key}": value for key, value in params.items()})
+        prepared = [self._prepare(chunk) for chunk in chunks]
+        log.info("Submitting %d stack(s) as a submitit job array (%s)", len(prepared), cluster)
+        futures = executor.map_array(run_stacked_jobs, [[job.config for job in jobs] for jobs in prepared],
+                                     [[job.run_dir for job in jobs] for jobs in prepared],
+                                     [LOG_FORMAT] * len(prepared), list(range(len(prepared))))
+        returns: dict[int, JobReturn] = {}
+        for jobs, future in zip(prepared, futures):
+            try:
+                outcomes = future.results()[0]
+            except Exception as error:  # noqa: BLE001 - the stack's job died: each of its runs failed
+                from ntm_experiments.sweep import failure_line, mark_failed
+
+                for job in jobs:
+                    mark_failed(job.run_dir, f"the stack's submitit job failed: {failure_line(error)}")
+                outcomes = [None] * len(jobs)
+            for job, outcome in zip(jobs, outcomes):
+                job.result.return_value = outcome
+                job.result.status = JobStatus.COMPLETED
+                returns[job.index] = job.result
+        return returns
