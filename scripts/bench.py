@@ -227,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode for the step, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--tf32", action="store_true", help="float32 matrix products in TF32 (changes the arithmetic)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--stack", type=int, default=0, metavar="K",
+                        help="instead of the paths: K stacked runs beside one run, two joblib jobs and one "
+                             "batch-16 run, aggregate sequences/s (scripts/stack_bench.py)")
+    parser.add_argument("--stack-batch", type=int, default=1, help="with --stack: sequences per update of each run")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
@@ -258,6 +262,17 @@ def main(argv: list[str] | None = None) -> int:
           f"the paths' chunks taken in turn", flush=True)
     if args.profile:
         print(profile(args, args.profile, device))
+        return 0
+    if args.stack:
+        import stack_bench
+
+        if args.stack < 1 or args.stack_batch < 1:
+            parser.error(f"--stack {args.stack} --stack-batch {args.stack_batch}: both must be >= 1")
+        rows = stack_bench.run(build, args, device)
+        print(stack_bench.table(rows))
+        if args.json:
+            meta = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+            args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         return 0
     rows = []
     for batch_size in batch_sizes:

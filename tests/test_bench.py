@@ -28,3 +28,16 @@ def test_bench_refuses_zero_repeats():
     result = subprocess.run([sys.executable, "scripts/bench.py", "--device", "cpu", "--repeats", "0"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--repeats 0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_stack_writes_a_row_per_way_to_train_k_runs(tmp_path):
+    out = tmp_path / "stack.json"
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--device", "cpu", "--stack", "3", "--steps", "3",
+                             "--repeats", "2", "--warmup", "1", "--length", "2", "--override", "model.controller_size=8",
+                             "model.memory_rows=8", "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["one", "stacked", "joblib2", "batch16"]
+    assert (rows["stacked"]["runs"], rows["joblib2"]["runs"], rows["batch16"]["batch_size"]) == (3, 2, 16)
+    assert rows["one"]["vs_one"] == 1.0 and all(len(r["chunks_sequences_per_s"]) == 2 for r in rows.values())
+    assert "| stacked | 3 | 1 |" in result.stdout
