@@ -99,3 +99,19 @@ def test_each_stack_becomes_one_submitit_job(workdir):
         run = sweep / f"seed{s}"
         assert [x for x, _ in scalars(run, COST_TAG)] == [16, 32, 48, 64]
         assert "3 runs stacked" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_jobs, stacked", [(2, True), (1, False)])
+def test_optuna_hands_the_launcher_n_jobs_trials_at_a_time(workdir, n_jobs, stacked):
+    """Trials of one shape (only the learning rate searched) in batches of n_jobs: two form a stack;
+    one at a time, each trains alone."""
+    sweep = workdir / "search"
+    result = run_cli(["-m", "search=optuna", "hydra/launcher=stacked", f"hydra.sweeper.n_jobs={n_jobs}",
+                      "hydra.sweeper.n_trials=2", "model.controller_size=choice(12)", "train.batch_size=choice(2)",
+                      *SMALL[:2], "model=ntm_lstm", *SMALL[4:], "train.total_sequences=32", f"hydra.sweep.dir={sweep}"],
+                     cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    logs = [(sweep / f"trial_{n}" / "train.log").read_text() for n in (0, 1)]
+    assert all(("2 runs stacked" in log) == stacked for log in logs)
+    assert all("finished: 32 sequences" in log for log in logs)
