@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -22,7 +23,7 @@ from typing import Callable, NoReturn
 from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .errors import RunError
+from .errors import Interrupted, RunError
 
 _DETAIL = re.compile(r"^\s*(full_key|object_type|reference_type|Config search path|provider=|To append)")
 
@@ -93,11 +94,15 @@ def exit_with_error(prog: str, error: BaseException) -> NoReturn:
     sys.exit(2)
 
 
-def run_cli(entry: Callable[[], object], prog: str) -> None:
+def run_cli(entry: Callable[[], object], prog: str, idle: str = "") -> None:
+    """``entry()`` with its errors as one line; ``idle``: what an interrupt outside a training loop means."""
     user_wants_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         entry()
+    except Interrupted as stop:  # a training loop stopped by a signal, its checkpoint written (interrupts.py)
+        print(f"{prog}: {stop}", file=sys.stderr)
+        sys.exit(stop.code)
     except (RunError, HydraException, OmegaConfBaseException) as error:
         if user_wants_full_error:
             raise
@@ -114,17 +119,26 @@ def run_cli(entry: Callable[[], object], prog: str) -> None:
         where = f": {error.filename}" if error.filename else ""
         print(f"{prog}: error: cannot write{where}: {error.strerror or error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the last checkpoint is kept (resume=true continues it)", file=sys.stderr)
+    except KeyboardInterrupt:  # outside a training loop, which handles SIGINT itself
+        print(f"{prog}: interrupted{idle}", file=sys.stderr)
         sys.exit(130)
+
+
+# what a signal outside a training loop means: before one started (set-up, the native core's build),
+# between a sweep's jobs, or in a sweep's launcher process, whose jobs train in processes of their own
+IDLE = " while no training loop was running in this process: nothing to save"
 
 
 def train() -> None:
     from .sweep import CURRENT_SWEEP, LAST_SWEEP_FAILURES, report_failures
     from .train import main
 
+    def stop(signum: int, frame: object) -> None:  # SIGTERM outside a training loop (which handles it itself)
+        raise Interrupted(f"stopped by SIGTERM{IDLE}", signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        run_cli(main, "ntm-train")
+        run_cli(main, "ntm-train", IDLE)
     except Exception as error:  # a sweeper that gave up (e.g. Optuna when every trial failed)
         if not CURRENT_SWEEP or os.environ.get("NTM_FULL_ERROR") == "1":
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import signal
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,8 +24,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from . import checkpoint
-from .errors import ConfigError, RunError, TrainingDiverged
+from .errors import ConfigError, Interrupted, RunError, TrainingDiverged
 from .evaluate import capacity_warnings, log_evaluation
+from .interrupts import resume_override
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
 from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-report read back
@@ -123,6 +125,16 @@ class LoggingWindow:
         self.__init__()
         return means
 
+    def state_dict(self) -> dict[str, float]:
+        """The partial sums, for a checkpoint written mid-window (on a signal)."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, float] | None) -> None:
+        """Partial sums from a checkpoint; None (a checkpoint from before they were saved): empty."""
+        self.__init__()
+        if state:
+            vars(self).update(state)
+
 
 class DivergenceGuard:
     """Non-finite steps (train.max_bad_steps, train.max_restores; conf/config.yaml): a step whose
@@ -168,6 +180,21 @@ class DivergenceGuard:
         since, self.skipped_at_checkpoint = self.skipped - self.skipped_at_checkpoint, self.skipped
         return since
 
+    COUNTERS = ("skipped", "bad_in_row", "restores", "skipped_at_checkpoint")
+
+    def state_dict(self, seen: int) -> dict[str, Any]:
+        """The counters, and the last good state when it is not the run's state at ``seen`` (a
+        checkpoint written on a signal keeps the one a restore would go back to)."""
+        return {**{k: getattr(self, k) for k in self.COUNTERS}, "good": self.good if self.good_seen != seen else None}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Counters (and a last good state) from a checkpoint; None (an older checkpoint): as they are."""
+        if state:
+            for k in self.COUNTERS:
+                setattr(self, k, state[k])
+            if state["good"] is not None:
+                self.good = state["good"]
+
 
 def check_resumable(saved: dict, cfg: DictConfig) -> None:
     """A run may only continue with the task, model and seed it started with."""
@@ -198,23 +225,26 @@ class RunState:
         self.data = DataStream(self.task, cfg.seed, cfg.train.batch_size, device)
         self.total = cfg.train.total_sequences
         self.seen, self.last_cost, self.best_eval = 0, math.nan, math.inf
-        self._resume()
+        saved = self._resume()
         self.guard = DivergenceGuard(self.model, self.optimizer, self.seen, cfg.train.max_bad_steps,
                                      cfg.train.max_restores)
         self.window = LoggingWindow()
+        if saved is not None:  # a checkpoint written mid-window (on a signal) carries both
+            self.guard.load_state_dict(saved.get("guard"))
+            self.window.load_state_dict(saved.get("window"))
         self._open_writer()
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict | None:
         cfg = self.cfg
         resuming = cfg.resume not in (False, None, "false", "False")
         if not resuming and self.checkpoint_path.exists():
             raise ConfigError(f"{self.run_dir} already holds a checkpoint: pass resume=true to continue it, or use a new folder")
         if not resuming:
-            return
+            return None
         if cfg.resume is True or str(cfg.resume).lower() == "true":
             if not self.checkpoint_path.exists():  # a sweep's job (hydra.sweep.dir given again) killed
                 self.log.info("resume=true: no checkpoint in %s yet; starting this run afresh", self.run_dir)
-                return  # before its first checkpoint; a single run's resume=true always finds one
+                return None  # before its first checkpoint; a single run's resume=true always finds one
         saved = checkpoint.load(self.checkpoint_path)
         check_resumable(saved["config"], cfg)
         self.model.load_state_dict(saved["model"])
@@ -231,6 +261,7 @@ class RunState:
         self.seen, self.last_cost = saved["sequences_seen"], saved["last_cost"]
         self.best_eval = saved.get("best_eval_cost", math.inf)
         self.log.info("resumed %s at %d sequences", self.checkpoint_path, self.seen)
+        return saved
 
     def _open_writer(self) -> None:
         cfg = self.cfg
@@ -295,23 +326,49 @@ class RunState:
         return logged
 
     # ------------------------------------------------------------ checkpoints and the end
-    def save_checkpoint(self) -> None:
-        """The run as it stands, atomically (checkpoint.save); skipped when a weight is not finite."""
+    def save_checkpoint(self, remember: bool = True) -> bool:
+        """The run as it stands, atomically (checkpoint.save); skipped (False) when a weight is not
+        finite. ``remember``: the state a restore goes back to becomes this one (not so for a
+        checkpoint written on a signal, so that a resumed run restores what an uninterrupted one would)."""
         self.writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
         if not all(torch.isfinite(p).all() for p in self.params):  # a finite step can still overflow the weights
             self.log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
                         self.seen, self.guard.good_seen)
-            return
-        self.guard.remember(self.seen)
+            return False
+        if remember:
+            self.guard.remember(self.seen)
         try:
             checkpoint.save(self.checkpoint_path, {
                 "model": owned(self.model.state_dict()), "optimizer": self.optimizer.state_dict(),
                 "sequences_seen": self.seen, "last_cost": self.last_cost, "best_eval_cost": self.best_eval,
+                "window": self.window.state_dict(), "guard": self.guard.state_dict(self.seen),
                 "config": OmegaConf.to_container(self.cfg, resolve=True),
                 "rng": checkpoint.rng_states(self.data.generator, self.data.state)})
         except OSError as error:
             raise RunError(f"cannot write the checkpoint {self.checkpoint_path}: {error.strerror or error}; "
                            "the previous checkpoint is kept") from error
+        return True
+
+    def save_on_signal(self) -> str:
+        """A checkpoint at the sequences seen, between two steps, on a signal (interrupts.py); what
+        was done, in words."""
+        if self.seen == 0:
+            return "nothing trained yet, no checkpoint written"
+        if self.save_checkpoint(remember=False):
+            return f"checkpoint written to {self.run_dir}"
+        earlier = "the previous checkpoint is kept" if self.checkpoint_path.exists() else "there is no earlier one"
+        return f"the weights are not finite, so no checkpoint was written; {earlier}"
+
+    def interrupt(self, signum: int) -> Interrupted:
+        """Stop on SIGINT or SIGTERM between two steps: checkpoint, log, close; the Interrupted to
+        raise (its message says what is true)."""
+        name = signal.Signals(signum).name
+        what = self.save_on_signal()
+        self.log.warning("stopped by %s at %d sequences: %s", name, self.seen, what)
+        self.writer.close()
+        then = f" ({resume_override(self.run_dir)} continues it)" if self.checkpoint_path.exists() else ""
+        return Interrupted(f"{'interrupted' if signum == signal.SIGINT else 'stopped'} by {name} at {self.seen:,} "
+                           f"sequences; {what}{then}", signum)
 
     def finish(self) -> float:
         """Close the run; returns ``cfg.objective`` (bits per sequence)."""

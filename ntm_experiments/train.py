@@ -24,6 +24,7 @@ from .devices import resolve_device
 from .errors import ConfigError, RunError
 from .fast import make_train_step, use_fast_path
 from .fast.stacked import StackedStep, stacked_forward
+from .interrupts import StopSignals
 from .run_state import RunState
 from .runs import COST_TAG  # noqa: F401 - the training-cost tag, re-exported for the tests
 from .sweep import run_job
@@ -60,20 +61,23 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     bar = tqdm(total=run.total, initial=run.seen, unit="seq", unit_scale=True, dynamic_ncols=True,
                disable=not cfg.progress, mininterval=1.0, desc=f"{cfg.task.name}/{cfg.model.name}")
     run.model.train()
-    while run.seen < run.total:
-        batch = run.data.next(run.total - run.seen)
-        cost, grad_norm = stepper.forward_backward(batch)  # cost (B,) bits; asynchronous on CUDA
-        run.data.draw_ahead(run.total - run.seen - batch.batch_size)  # while the device trains
-        if not bool(torch.isfinite(cost.sum()) & torch.isfinite(grad_norm)):
-            if run.skip_step():  # skipped; after train.max_bad_steps in a row, the last good state
-                stepper.optimizer_reloaded()
-            continue
-        stepper.update(cfg.train.clip_value)  # clip element-wise to (-10, 10) (§4.6), RMSProp step
-        if run.record(cost, grad_norm):  # counted; logged, evaluated, checkpointed at boundaries
-            bar.set_postfix(cost=f"{run.last_cost:.3f} bits/seq")
-        bar.update(batch.batch_size)
-    bar.close()
-    return run.finish()
+    with StopSignals() as stop:  # SIGINT, SIGTERM: only a flag, looked at between steps (interrupts.py)
+        while run.seen < run.total:
+            if stop.signum is not None:  # checkpoint here, then stop (or hand over to submitit)
+                stop.act(run, bar)
+            batch = run.data.next(run.total - run.seen)
+            cost, grad_norm = stepper.forward_backward(batch)  # cost (B,) bits; asynchronous on CUDA
+            run.data.draw_ahead(run.total - run.seen - batch.batch_size)  # while the device trains
+            if not bool(torch.isfinite(cost.sum()) & torch.isfinite(grad_norm)):
+                if run.skip_step():  # skipped; after train.max_bad_steps in a row, the last good state
+                    stepper.optimizer_reloaded()
+                continue
+            stepper.update(cfg.train.clip_value)  # clip element-wise to (-10, 10) (§4.6), RMSProp step
+            if run.record(cost, grad_norm):  # counted; logged, evaluated, checkpointed at boundaries
+                bar.set_postfix(cost=f"{run.last_cost:.3f} bits/seq")
+            bar.update(batch.batch_size)
+        bar.close()
+        return run.finish()
 
 
 def stack_key(cfg: DictConfig) -> tuple:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -19,7 +21,7 @@ import ntm_experiments.run_state as run_state_module
 import ntm_experiments.train as train_module
 from conftest import TINY, compose_config, ntm_train_exe, run_cli, scalars
 from ntm_experiments import checkpoint
-from ntm_experiments.errors import ConfigError, RunError
+from ntm_experiments.errors import ConfigError, Interrupted, RunError
 from ntm_experiments.tasks import Batch, make_task
 from ntm_experiments.train import COST_TAG, train
 
@@ -234,3 +236,162 @@ def test_out_of_memory_names_the_batch_size_and_suggests_a_smaller_one(tmp_path,
     monkeypatch.setattr(train_module, "make_train_step", failing)
     with pytest.raises(RunError, match=r"^out of memory on cpu at train.batch_size=8: try a smaller train.batch_size"):
         train(_tiny(), tmp_path)
+
+
+# ---------------------------------------------------------------- SIGINT and SIGTERM
+SIGNALLED = [*EVERY_STEP[:5], "train.batch_size=8", "train.log_every=64", "train.checkpoint_every=64",
+             "eval.every=1000000", "eval.pictures=false", "train.fast_path=false", "progress=false"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_sigterm_checkpoint_the_step_they_stop_at_say_so_and_resume_to_the_uninterrupted_curve(tmp_path):
+    """A real ntm-train, stopped by SIGINT, resumed, stopped by SIGTERM, resumed, ... at random
+    moments until one stop has landed inside a logging window (the point the window would log is
+    then half in one process, half in the next). Each stop: exit code 130 / 143, one line saying at
+    how many sequences it stopped and where the checkpoint is, a checkpoint at exactly that many
+    sequences, the stop in train.log. The final curve equals an uninterrupted run's."""
+    run = tmp_path / "stopped"
+    ckpt = run / "checkpoint.pt"
+    rng = random.Random(1)
+    stops: list[int] = []
+    while len(stops) < 2 or all(seen % 64 == 0 for seen in stops):
+        assert len(stops) < 8, f"every stop landed on a logging boundary: {stops}"
+        signum = (signal.SIGINT, signal.SIGTERM)[len(stops) % 2]
+        resume = [f"resume={run}"] if ckpt.exists() else []
+        proc = subprocess.Popen([ntm_train_exe(), *SIGNALLED, "train.total_sequences=1000000", f"hydra.run.dir={run}",
+                                 *resume], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        start_mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
+        _wait_until(proc, lambda: ckpt.exists() and ckpt.stat().st_mtime_ns != start_mtime)  # it is training
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signum)
+        stderr = proc.communicate(timeout=120)[1]
+        assert proc.returncode == 128 + signum, stderr
+        (line,) = stderr.strip().splitlines()
+        verb = "interrupted" if signum == signal.SIGINT else "stopped"
+        match = re.fullmatch(rf"ntm-train: {verb} by {signum.name} at ([\d,]+) sequences; checkpoint written to "
+                             rf"{re.escape(str(run))} \(resume={re.escape(str(run))} continues it\)", line)
+        assert match, line
+        seen = int(match.group(1).replace(",", ""))
+        assert checkpoint.load(ckpt)["sequences_seen"] == seen  # the step it stopped at, not the last boundary
+        assert f"stopped by {signum.name} at {seen} sequences: checkpoint written" in (run / "train.log").read_text()
+        assert not stops or seen > stops[-1]
+        stops.append(seen)
+
+    total = stops[-1] + 96
+    result = run_cli([*SIGNALLED, f"train.total_sequences={total}", f"hydra.run.dir={run}", f"resume={run}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    straight = tmp_path / "straight"
+    result = run_cli([*SIGNALLED, f"train.total_sequences={total}", f"hydra.run.dir={straight}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for tag in (COST_TAG, "train/grad_norm"):
+        stopped_curve, straight_curve = scalars(run, tag), scalars(straight, tag)
+        assert [s for s, _ in stopped_curve] == [s for s, _ in straight_curve]
+        assert [v for _, v in stopped_curve] == pytest.approx([v for _, v in straight_curve], rel=1e-6)
+
+
+def test_sigterm_before_training_says_nothing_was_trained(workdir):
+    """Outside the training loop (here: while the config is composed and the run is built) SIGTERM
+    gives one true line and 143, not the shell's bare "Terminated"."""
+    proc = subprocess.Popen([ntm_train_exe(), *SIGNALLED, "train.total_sequences=1000000"], env=_env(), cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_until(proc, lambda: _handler_installed(proc.pid))
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    if proc.returncode == 143 and "at " in stderr:  # it was already training: that case is the test above
+        pytest.skip("the run had started training before the signal")
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "ntm-train: stopped by SIGTERM while no training loop was running in this process: nothing to save"
+
+
+def _handler_installed(pid: int) -> bool:
+    """Whether process ``pid`` catches SIGTERM (Linux: /proc/<pid>/status, SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def _fingerprint(batch: Batch) -> str:
+    return hashlib.sha1(batch.inputs.numpy().tobytes()).hexdigest()
+
+
+def test_a_signal_between_skipped_steps_mid_window_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch):
+    """In-process, so the signal lands at a chosen step: batches of 8, a point every 32 sequences;
+    batches 6 and 7 carry a NaN (train.max_bad_steps=2: the second restores the state at 32); SIGINT
+    arrives during batch 6. The checkpoint written then, at 40 sequences, must carry the logging
+    window's partial sums (batch 5), the guard's counters (one bad step in a row) and the state a
+    restore goes back to (at 32), so that the resumed run logs, skips and restores as the straight
+    run: the same costs, gradient norms, skipped steps and restores at the same steps."""
+    settings = ["train.max_bad_steps=2", "train.log_every=32", "train.checkpoint_every=32", "train.total_sequences=96",
+                "eval.every=96", "eval.pictures=false", "train.fast_path=false"]
+    cfg = _tiny(*settings)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    task = make_task(cfg.task)
+    batches = [task.sample(cfg.train.batch_size, generator) for _ in range(14)]
+    poisoned = {_fingerprint(batches[5]), _fingerprint(batches[6])}  # batches 6 and 7
+
+    class Poisoned:
+        def __init__(self, task):
+            self.task = task
+
+        def sample(self, *args, **kwargs):
+            batch = self.task.sample(*args, **kwargs)
+            if not kwargs and _fingerprint(batch) in poisoned:
+                batch = Batch(batch.inputs.clone().fill_(math.nan), batch.targets, batch.mask)
+            return batch
+
+        def __getattr__(self, name):
+            return getattr(self.task, name)
+
+    monkeypatch.setattr(run_state_module, "make_task", lambda cfg: Poisoned(make_task(cfg)))
+    train(cfg, tmp_path / "straight")
+
+    real = train_module.make_train_step
+
+    def signalled(*args, **kwargs):
+        stepper, calls = real(*args, **kwargs), []
+        forward_backward = stepper.forward_backward
+
+        def sixth_is_interrupted(batch):
+            calls.append(1)
+            if len(calls) == 6:
+                os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C would, in the middle of a step
+            return forward_backward(batch)
+        stepper.forward_backward = sixth_is_interrupted
+        return stepper
+
+    stopped = tmp_path / "stopped"
+    before = signal.getsignal(signal.SIGINT)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "make_train_step", signalled)
+        with pytest.raises(Interrupted) as info:
+            train(cfg, stopped)
+    assert info.value.code == 130
+    assert str(info.value) == f"interrupted by SIGINT at 40 sequences; checkpoint written to {stopped} " \
+                              f"(resume={stopped} continues it)"
+    saved = checkpoint.load(stopped)
+    assert saved["sequences_seen"] == 40
+    assert saved["window"]["steps"] == 1 and saved["window"]["sequences"] == 8  # batch 5, not yet logged
+    assert saved["guard"]["skipped"] == saved["guard"]["bad_in_row"] == 1 and saved["guard"]["good"]["seen"] == 32
+    assert signal.getsignal(signal.SIGINT) is before  # the loop's handler is gone with the loop
+
+    train(_tiny(*settings, "resume=true"), stopped)
+    for tag in (COST_TAG, "train/grad_norm", "train/skipped_steps", "train/restores"):
+        a, b = scalars(tmp_path / "straight", tag), scalars(stopped, tag)
+        assert [s for s, _ in b] == [s for s, _ in a], tag
+        assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6), tag
+    assert [v for _, v in scalars(stopped, "train/restores")] == [1]
+
+
+def test_a_checkpoint_without_window_or_guard_state_still_resumes(tmp_path):
+    """Checkpoints written before the logging window and the guard's counters were saved load as
+    before: an empty window and fresh counters (what a checkpoint at a logging boundary holds)."""
+    train(_tiny(), tmp_path / "old")
+    saved = torch.load(tmp_path / "old" / "checkpoint.pt", weights_only=False)
+    for key in ("window", "guard"):
+        del saved[key]
+    torch.save(saved, tmp_path / "old" / "checkpoint.pt")
+    train(_tiny("train.total_sequences=128", "resume=true"), tmp_path / "old")
+    train(_tiny("train.total_sequences=128"), tmp_path / "straight")
+    assert scalars(tmp_path / "old", COST_TAG) == scalars(tmp_path / "straight", COST_TAG)

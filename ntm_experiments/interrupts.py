@@ -1,0 +1,100 @@
+"""Stopping a run on a signal without losing work.
+
+While a run trains (``StopSignals`` around train.py's loop), SIGINT (Ctrl-C) and SIGTERM (what
+Slurm and most schedulers send before a kill) only set a flag. The loop looks at it after each
+complete step, never in the middle of an update, and ``StopSignals.act`` then:
+
+- writes a checkpoint at the sequences seen (atomically, as every checkpoint; with the logging
+  window's partial sums and the divergence guard's state, so the resumed curve equals the
+  uninterrupted one), logs the interruption in train.log, and stops with one line and exit code
+  128 + the signal's number (130 for SIGINT, 143 for SIGTERM): ``RunState.interrupt``;
+- in a job of Hydra's submitit launcher (``hydra/launcher=slurm`` or ``submitit_local``):
+  submitit's pre-emption signal (SIGUSR2 unless ``$SUBMITIT_PREEMPT_SIGNAL`` names another; Slurm
+  sends it on a pre-emption and ``signal_delay_s`` before the time limit) writes the checkpoint,
+  then hands over to submitit, which calls the launcher's ``checkpoint`` and requeues the job; the
+  requeued job resumes its own folder (``sweep.resume_requeued_job``). SIGTERM in such a job
+  writes a checkpoint and training goes on, as submitit itself ignores SIGTERM there (some
+  clusters send it before the pre-emption signal); should a kill follow, a job that Slurm
+  requeues resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .run_state import RunState
+
+
+def submitit_signal() -> int | None:
+    """submitit's pre-emption signal when this process is a submitit job, else None (the variables
+    submitit sets in its jobs, read as submitit reads them: ``JobEnvironment._usr_sig``)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
+class StopSignals:
+    """``with StopSignals() as stop:`` around a training loop: SIGINT, SIGTERM (and in a submitit
+    job its pre-emption signal) set ``stop.signum``; the previous handlers come back on exit."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.preempt = submitit_signal()
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM, self.preempt):
+                if signum is not None and signum not in self.previous:
+                    self.previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _note(self, signum: int, frame: Any) -> None:  # a signal handler: only a flag
+        if self.signum is None or signum != signal.SIGTERM:  # SIGTERM then pre-emption: the pre-emption
+            self.signum = signum
+
+    def act(self, run: RunState, bar: Any) -> None:
+        """Between two steps, after a signal: checkpoint, then stop (Interrupted), hand over to
+        submitit, or go on (SIGTERM in a submitit job)."""
+        signum, self.signum = self.signum, None
+        if self.preempt is not None and signum == signal.SIGTERM:
+            what = run.save_on_signal()
+            run.log.warning("SIGTERM at %d sequences: %s; training goes on (in a submitit job the pre-emption "
+                        "signal or a kill follows: a requeued job resumes from the latest checkpoint)", run.seen, what)
+            return
+        submitit_handler = self.previous.get(signum) if signum == self.preempt else None
+        if not callable(submitit_handler):
+            bar.close()
+            raise run.interrupt(signum)
+        what = run.save_on_signal()
+        run.log.warning("%s (submitit: pre-empted or near the time limit) at %d sequences: %s; submitit requeues "
+                    "the job, which resumes this run", signal.Signals(signum).name, run.seen, what)
+        self.__exit__()  # submitit's own handlers again, then its requeue: it exits this process
+        try:
+            submitit_handler(signum, None)
+        except BaseException:
+            bar.close()
+            run.writer.close()
+            raise
+        self.__enter__()  # it did not exit (not the job's first task): training goes on
+
+
+def resume_override(run_dir: Any) -> str:
+    """``resume=<run dir>`` as a shell argument: quoted when Hydra's grammar would read the path's
+    ``=`` or ``,`` (a sweep job's folder) as syntax."""
+    text = str(run_dir)
+    if any(c in text for c in "=,' ()[]{}\"\\"):
+        return f"\"resume='{text}'\""
+    return f"resume={text}"
+
+
+__all__ = ["StopSignals", "submitit_signal", "resume_override"]
