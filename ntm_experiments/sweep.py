@@ -57,6 +57,7 @@ def run_job(train: Callable[[DictConfig, Path], float], cfg: DictConfig, hydra_c
     import torch
 
     try:
+        resume_requeued_job(cfg, run_dir)
         job_num = hydra_cfg.job.get("num")
         cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count())
         if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device)) == "cpu":
@@ -118,6 +119,37 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
         for logger, handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+# settings that may differ between a job and its requeued self without making it another run
+RUN_LOCAL_KEYS = ("resume", "device", "progress")
+
+
+def resume_requeued_job(cfg: DictConfig, run_dir: Path) -> bool:
+    """A submitit job (hydra/launcher=slurm or submitit_local) whose folder already holds a
+    checkpoint of the same settings is the same job again: requeued by submitit after a
+    pre-emption or at its time limit (interrupts.py writes the checkpoint first), or rerun by Slurm
+    after a kill. It resumes that checkpoint (``cfg.resume`` set to its folder); True when so.
+    Anywhere else, or with other settings, a folder holding a checkpoint is refused as before."""
+    from omegaconf import OmegaConf
+
+    from . import checkpoint
+
+    path = run_dir / checkpoint.CHECKPOINT_NAME
+    fresh = cfg.resume in (False, None) or str(cfg.resume).lower() == "false"
+    if not (os.environ.get("SUBMITIT_EXECUTOR") and fresh and path.is_file()):
+        return False
+    saved = checkpoint.load(path)
+
+    def settings(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in RUN_LOCAL_KEYS}
+
+    if settings(saved["config"]) != settings(OmegaConf.to_container(cfg, resolve=True)):
+        return False
+    cfg.resume = str(run_dir)
+    log.info("this job's folder holds its checkpoint at %d sequences (a requeued submitit job): resuming it",
+             saved["sequences_seen"])
+    return True
 
 
 def mark_failed(job_dir: Path, line: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def test_launcher_presets_compose():
     assert slurm._target_.endswith("SlurmLauncher")
     assert slurm.gpus_per_node == 1 and slurm.array_parallelism > 0 and "partition" in slurm
     assert slurm.timeout_min > 0
+    assert slurm.max_num_timeout > 0 and slurm.signal_delay_s > 0  # a job at its time limit is requeued and resumes
     joblib = compose_config("hydra/launcher=joblib", return_hydra_config=True).hydra.launcher
     assert joblib._target_.endswith("JoblibLauncher")
     assert joblib.n_jobs == parallel_jobs() >= 1
@@ -152,6 +154,91 @@ def test_submitit_local_launcher_runs_two_jobs(workdir):
         assert [s for s, _ in cost] == [32, 64] and all(math.isfinite(v) for _, v in cost)
     assert scalars(jobs[0], COST_TAG) != scalars(jobs[1], COST_TAG)  # different seeds, different runs
     assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+
+
+def test_only_a_submitit_job_with_the_same_settings_resumes_the_checkpoint_in_its_folder(tmp_path, monkeypatch):
+    from ntm_experiments.sweep import resume_requeued_job
+    from ntm_experiments.train import train
+
+    job = [*TINY, "task=copy", "model=ntm_ff", "train.total_sequences=64", "eval.pictures=false"]
+    train(compose_config(*job), tmp_path)
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert not resume_requeued_job(compose_config(*job), tmp_path)  # not a submitit job: refused as before
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    other = compose_config(*job, "train.lr=3e-4")
+    assert not resume_requeued_job(other, tmp_path) and other.resume is False  # another run's checkpoint
+    again = compose_config(*job, "device=cpu", "progress=true")  # what may differ between a job and its requeue
+    assert resume_requeued_job(again, tmp_path) and again.resume == str(tmp_path)
+    assert not resume_requeued_job(compose_config(*job), tmp_path / "elsewhere")  # no checkpoint there
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux: /proc/<pid>/stat)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
+        except OSError:  # gone meanwhile
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_preempted_submitit_job_is_requeued_and_resumes_its_own_run_to_the_uninterrupted_curve(workdir):
+    """Slurm's pre-emption, on this machine: the job of a submitit_local sweep gets SIGTERM (what
+    Slurm sends first; submitit ignores it, we checkpoint and train on), then SIGUSR2, the signal
+    submitit's Slurm jobs get on a pre-emption (and submitit_local's at its time limit). The job
+    writes a checkpoint at the step it reached, submitit calls the launcher's checkpoint method and
+    requeues it (submitit_local restarts it as Slurm would), and the requeued job resumes its own
+    folder: its curve equals an uninterrupted run's. timeout_min=60, so submitit counts the signal
+    as a pre-emption, not a time-out."""
+    import signal
+    import time
+
+    settings = [*TINY, "task=copy", "model=ntm_ff", "seed=1", "train.log_every=64", "train.checkpoint_every=64",
+                "eval.every=1000000", "eval.pictures=false", "train.fast_path=false", "train.total_sequences=1600"]
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([ntm_train_exe(), "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=60",
+                             "hydra.sweep.subdir=job", *settings], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def wait_for(ready):
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the job never got there"
+            time.sleep(0.02)
+
+    wait_for(lambda: run_dirs(workdir / "outputs"))  # the job is training: its first checkpoint
+    (job,) = run_dirs(workdir / "outputs")
+    (controller,) = [int(p.name) for p in job.parent.glob(".submitit/*") if p.name.isdigit()]
+    (task,) = _children(controller)
+    log = job / "train.log"
+    os.kill(task, signal.SIGTERM)
+    wait_for(lambda: "SIGTERM at" in log.read_text())
+    os.kill(task, signal.SIGUSR2)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    assert not (job / FAILED_NAME).exists()
+
+    text = log.read_text()
+    at_term = int(re.search(r"SIGTERM at (\d+) sequences: checkpoint written to .*; training goes on", text).group(1))
+    at_usr2 = int(re.search(r"SIGUSR2 \(submitit: pre-empted or near the time limit\) at (\d+) sequences: "
+                            r"checkpoint written to ", text).group(1))
+    assert 0 < at_term <= at_usr2 < 1600, "the job finished before it was pre-empted: nothing was tested"
+    assert f"this job's folder holds its checkpoint at {at_usr2} sequences (a requeued submitit job): resuming it" in text
+    assert re.search(rf"resumed .*checkpoint.pt at {at_usr2} sequences", text)
+    assert text.count("finished: 1600 sequences") == 1
+    submitit_log = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_0_log.*"))
+    assert "this job is preempted" in submitit_log and "Requeued job" in submitit_log
+
+    straight = run_cli([*settings, "hydra.run.dir=straight"], cwd=workdir, env=ONE_THREAD)
+    assert straight.returncode == 0, straight.stderr
+    for tag in (COST_TAG, "train/grad_norm"):
+        a, b = scalars(workdir / "straight", tag), scalars(job, tag)
+        assert [s for s, _ in b] == [s for s, _ in a] == [*range(64, 1600, 64), 1600]
+        assert [v for _, v in b] == pytest.approx([v for _, v in a], rel=1e-6)
 
 
 @pytest.mark.slow
