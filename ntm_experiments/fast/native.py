@@ -15,6 +15,7 @@ needs on the CPU) and cached by torch (``$TORCH_EXTENSIONS_DIR``, default
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sysconfig
@@ -47,6 +48,16 @@ def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
     scripts = sysconfig.get_path("scripts")  # the environment's own ninja (a dependency) when PATH lacks it
     if shutil.which("ninja") is None and scripts and Path(scripts, "ninja").exists():
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    try:  # a build, not a load, is silent for 30 to 90 s: say so before it starts
+        where = cpp_extension._get_build_directory(name, verbose=False)
+        built = Path(where, f"{name}.so")
+        cached = built.is_file() and built.stat().st_mtime >= source.stat().st_mtime
+    except Exception:  # noqa: BLE001 - torch's cache layout unknown: better said once too often
+        cached, where = False, "torch's extension cache"
+    if not cached:
+        logging.getLogger("ntm_experiments.fast").info(
+            "fast path: building the native CPU core from %s, once per machine (30 to 90 s; then cached in %s)",
+            source.name, where)
     start = time.perf_counter()
     try:
         extension = cpp_extension.load(name=name, sources=[str(source)],
