@@ -196,15 +196,26 @@ class DivergenceGuard:
                 self.good = state["good"]
 
 
+def _differences(key: str, before: Any, now: Any) -> list[tuple[str, Any, Any]]:
+    """(dotted key, before, now) for every leaf that differs; a key on one side only is "(absent)"."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = [*now, *(k for k in before if k not in now)]
+        return [d for k in keys for d in _differences(f"{key}.{k}", before.get(k, "(absent)"), now.get(k, "(absent)"))]
+    return [] if before == now else [(key, before, now)]
+
+
 def check_resumable(saved: dict, cfg: DictConfig) -> None:
-    """A run may only continue with the task, model and seed it started with."""
+    """A run may only continue with the task, model and seed it started with; the error names the
+    settings that differ (``model.controller_size=16``), not the whole group."""
+    differ = []
     for key in ("task", "model", "seed", "train.batch_size"):
         before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
-        if OmegaConf.is_config(now):
-            now = OmegaConf.to_container(now, resolve=True)
-        if before != now:
-            raise ConfigError(f"resume: the checkpoint was trained with {key}={before}, this run asks for "
-                              f"{key}={now}; only train.total_sequences, the optimiser settings (train.lr, ...) and logging settings may change")
+        before, now = (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for v in (before, now))
+        differ += _differences(key, before, now)
+    if differ:
+        raise ConfigError(f"resume: the checkpoint was trained with {', '.join(f'{k}={b}' for k, b, _ in differ)}, "
+                          f"this run asks for {', '.join(f'{k}={n}' for k, _, n in differ)}; only train.total_sequences, "
+                          "the optimiser settings (train.lr, ...) and logging settings may change")
 
 
 class RunState:
