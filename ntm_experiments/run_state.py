@@ -278,6 +278,12 @@ class RunState:
         cfg = self.cfg
         for warning in capacity_warnings(self.task, cfg.model.get("memory_rows"), cfg.eval):
             self.log.warning(warning)
+        for key in ("train.log_every", "eval.every", "train.checkpoint_every"):  # batches are never split to land on one
+            every, size = OmegaConf.select(cfg, key), cfg.train.batch_size
+            if every % size:
+                at = ", ".join(f"{-(-k * every // size) * size:,}" for k in (1, 2, 3))
+                self.log.info("%s=%d is not a multiple of train.batch_size=%d: its points fall at the first step past each "
+                              "boundary (%s, ...)", key, every, size, at)
         n_params, paper_params = count_parameters(self.model), cfg.paper.params
         self.log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
                  cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")

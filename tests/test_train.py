@@ -48,6 +48,24 @@ def test_uneven_last_batch_stops_exactly_at_the_total(tmp_path):
     assert [s for s, _ in scalars(tmp_path, COST_TAG)] == [8, 10]
 
 
+def test_points_fall_at_the_first_step_past_each_boundary_and_the_log_says_so(tmp_path, caplog):
+    """Batches of 8, a point every 12 sequences: no batch is split to log at 12, 24, 36; the points
+    fall at 16, 24, 40, 48, and the run says so once at its start (and says nothing when they agree)."""
+    tiny = ["task=copy", "model=lstm", "model.hidden_size=8", "train.total_sequences=48", "train.batch_size=8",
+            "eval.sequences=4", "eval.pictures=false", "progress=false"]
+    with caplog.at_level("INFO", logger="ntm_experiments.train"):
+        train(compose_config(*tiny, "train.log_every=12", "train.checkpoint_every=24", "eval.every=24"), tmp_path / "a")
+    assert [s for s, _ in scalars(tmp_path / "a", COST_TAG)] == [16, 24, 40, 48]
+    said = [r.getMessage() for r in caplog.records if "not a multiple" in r.getMessage()]
+    assert said == ["train.log_every=12 is not a multiple of train.batch_size=8: its points fall at the first step "
+                    "past each boundary (16, 24, 40, ...)"]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="ntm_experiments.train"):
+        train(compose_config(*tiny, "train.log_every=16", "train.checkpoint_every=16", "eval.every=16"), tmp_path / "b")
+    assert [s for s, _ in scalars(tmp_path / "b", COST_TAG)] == [16, 32, 48]
+    assert not [r for r in caplog.records if "not a multiple" in r.getMessage()]
+
+
 def test_training_lowers_the_cost(tmp_path):
     """1,920 sequences of a small copy task (4-bit vectors, lengths 1 to 3) on a small NTM-FF,
     plain path: the last logged cost is under half the first, and under half of knowing nothing
