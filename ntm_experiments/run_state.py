@@ -25,11 +25,11 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from . import checkpoint
 from .errors import ConfigError, Interrupted, RunError, TrainingDiverged
-from .evaluate import capacity_warnings, log_evaluation
+from .evaluate import capacity_warnings, eval_suite, log_evaluation
 from .interrupts import resume_override
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
-from .runs import COST_TAG  # the training-cost tag that ntm-aggregate and ntm-report read back
+from .runs import COST_TAG, EVAL_PREFIX, EVAL_SUFFIX  # the tags that ntm-aggregate and ntm-report read back
 from .tasks import Batch, Task, make_task
 
 log = logging.getLogger("ntm_experiments.train")
@@ -295,7 +295,10 @@ class RunState:
             self.writer.add_scalar("model/parameters", n_params, 0)
             if paper_params:
                 self.writer.add_scalar("model/parameters_paper", paper_params, 0)
-            for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, {COST_TAG: math.nan}):
+            # the HParams tab's metrics: the training cost and every evaluation setting's cost
+            metrics = {COST_TAG: math.nan, **{f"{EVAL_PREFIX}{s.name}{EVAL_SUFFIX}": math.nan
+                                              for s in eval_suite(self.task, cfg.eval)}}
+            for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, metrics):
                 self.writer.file_writer.add_summary(summary)
 
     # ------------------------------------------------------------ one step's outcome

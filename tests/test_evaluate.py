@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY, build_task, compose_config, run_cli, run_dirs, scalars
 from ntm_experiments.evaluate import eval_suite, evaluate, example_figure, setting_batch, used_rows
 from ntm_experiments.models import make_model
+from ntm_experiments.runs import COST_TAG
 
 
 def test_eval_lengths_replace_the_main_size_of_the_suite():
@@ -85,6 +87,10 @@ def test_training_logs_evaluations_and_pictures_to_tensorboard(workdir):
     images = acc.Images("examples/length_12")
     assert [i.step for i in images] == [32, 64]
     assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and images[0].width > 300
+    # TensorBoard's HParams tab has the training cost and every evaluation cost as metrics
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")["_hparams_/experiment"])
+    assert [m.name.tag for m in experiment.experiment.metric_infos] == [
+        COST_TAG, "eval/length_3/cost_bits_per_sequence", "eval/length_12/cost_bits_per_sequence"]
 
 
 @pytest.mark.slow
