@@ -192,8 +192,8 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     writer.writerows(rows)
     write_atomic(out / "results.csv", buffer.getvalue())
     if cfg.eval.pictures:
-        for setting in eval_suite(task, cfg.eval):
-            fig = example_figure(model, task, setting, cfg.eval.seed, device)
+        for setting, result in zip(eval_suite(task, cfg.eval), results):
+            fig = example_figure(model, task, setting, cfg.eval.seed, device, result)
             save_figure(fig, out / f"{setting.name}.png", dpi=110)
     print(f"wrote {out}/results.json, results.csv" + (" and one PNG per setting" if cfg.eval.pictures else ""))
     return out

@@ -126,8 +126,10 @@ def _panel(ax, image: torch.Tensor, label: str, cmap: str = "gray_r", vmin: floa
 
 @torch.no_grad()
 def example_figure(model: nn.Module, task: Task, setting: EvalSetting, seed: int,
-                   device: torch.device | str = "cpu") -> plt.Figure:
-    """One example of ``setting``: inputs, targets, outputs (and NTM weightings/adds) over time."""
+                   device: torch.device | str = "cpu", result: Result | None = None) -> plt.Figure:
+    """One example of ``setting``: inputs, targets, outputs (and NTM weightings/adds) over time.
+    The title gives this one example's cost, named as such, and with ``result`` (the setting's
+    evaluation) the mean over the evaluation's sequences beside it, named as that."""
     was_training = model.training
     model.eval()
     example = task.example(seed, **setting.setting)
@@ -140,7 +142,12 @@ def example_figure(model: nn.Module, task: Task, setting: EvalSetting, seed: int
     outputs = torch.sigmoid(logits.cpu())[:, 0]  # (T, O)
     inputs, targets, mask = example.inputs[:, 0], example.targets[:, 0], example.mask[:, 0]
     cost = cost_bits(logits.cpu(), example.targets, example.mask).item()
-    title = f"{task.name}, {setting.name}: {cost:.2f} bits"
+    title = f"{task.name}, {setting.name}: this example {cost:.2f} bits"
+    if result is not None:
+        title += (f"; mean over the evaluation's {result.sequences} sequences {result.cost_bits:.2f} bits "
+                  f"(eval/{result.setting}/cost_bits_per_sequence)")
+    else:
+        title += " (one sequence, not an evaluation's mean)"
 
     if isinstance(task, NGrams):
         return _ngram_figure(task, targets[:, 0], outputs[:, 0], title)
@@ -166,7 +173,7 @@ def example_figure(model: nn.Module, task: Task, setting: EvalSetting, seed: int
     if trace is not None:
         caption += "; head 1's weightings over the memory rows it used, and its add vectors"
     width_chars = int(fig.get_figwidth() * 14)
-    fig.suptitle(title + "\n" + textwrap.fill(caption, width_chars), fontsize=9)
+    fig.suptitle(textwrap.fill(title, width_chars) + "\n" + textwrap.fill(caption, width_chars), fontsize=9)
     return fig
 
 
@@ -182,7 +189,7 @@ def _ngram_figure(task: NGrams, bits: torch.Tensor, predicted: torch.Tensor, tit
     ax.set_xlabel("time step")
     ax.set_ylabel("P(next bit = 1)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 120), fontsize=9)
     return fig
 
 
@@ -207,9 +214,9 @@ def log_evaluation(writer, model: nn.Module, task: Task, eval_cfg: Any, step: in
         if r.optimal_cost_bits is not None:
             writer.add_scalar(f"eval/{r.setting}/optimal_cost_bits_per_sequence", r.optimal_cost_bits, step)
     if eval_cfg.pictures:
-        for setting in eval_suite(task, eval_cfg):
-            writer.add_figure(f"examples/{setting.name}", example_figure(model, task, setting, eval_cfg.seed, device),
-                              step, close=True)
+        for setting, result in zip(eval_suite(task, eval_cfg), results):
+            writer.add_figure(f"examples/{setting.name}",
+                              example_figure(model, task, setting, eval_cfg.seed, device, result), step, close=True)
     return results
 
 

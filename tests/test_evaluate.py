@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -14,6 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import TINY, build_task, compose_config, run_cli, run_dirs, scalars
 from ntm_experiments.evaluate import eval_suite, evaluate, example_figure, setting_batch, used_rows
+from ntm_experiments.tasks import cost_bits
 from ntm_experiments.models import make_model
 from ntm_experiments.runs import COST_TAG
 
@@ -61,6 +63,34 @@ def test_example_figure_has_ntm_panels():
     assert labels[:3] == ["inputs", "targets", "outputs"]
     assert any("write" in label for label in labels) and any("read" in label for label in labels)
     assert "add vectors" in labels
+
+
+@pytest.mark.parametrize("task_name, model_name", [("copy", "ntm_ff"), ("ngrams", "lstm")])
+def test_a_pictures_title_tells_the_examples_cost_from_the_evaluations_mean(task_name, model_name):
+    """One example's cost beside a scalar averaged over the evaluation's sequences: each named."""
+    cfg = compose_config(f"task={task_name}", f"model={model_name}", "eval.sequences=5", "eval.lengths=[4]",
+                         *(["model.hidden_size=8"] if model_name == "lstm" else ["model.controller_size=8"]))
+    task = build_task(task_name)
+    torch.manual_seed(0)
+    model = make_model(cfg.model, task.input_width, task.output_width)
+    setting = eval_suite(task, cfg.eval)[0]
+    example = task.example(cfg.eval.seed, **setting.setting)
+    one = cost_bits(model(example.inputs), example.targets, example.mask).item()
+    (result,) = evaluate(model, task, cfg.eval)[:1]
+    assert f"{one:.2f}" != f"{result.cost_bits:.2f}"  # the two numbers differ, so the test can tell them apart
+
+    def title(figure) -> str:
+        text = figure._suptitle.get_text() if figure._suptitle is not None else figure.axes[0].get_title()
+        return " ".join(text.split())  # wrapped to the figure's width
+
+    with_mean = title(example_figure(model, task, setting, cfg.eval.seed, result=result))
+    assert with_mean.startswith(f"{task_name}, {setting.name}: this example {one:.2f} bits; mean over the "
+                                f"evaluation's {result.sequences} sequences {result.cost_bits:.2f} bits "
+                                f"(eval/{setting.name}/cost_bits_per_sequence)")
+    alone = title(example_figure(model, task, setting, cfg.eval.seed))
+    assert alone.startswith(f"{task_name}, {setting.name}: this example {one:.2f} bits (one sequence, not an "
+                            "evaluation's mean)")
+    plt.close("all")
 
 
 def test_weighting_pictures_show_the_used_rows_even_across_the_wrap():
