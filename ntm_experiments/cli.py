@@ -163,7 +163,8 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     from .runs import save_figure, write_atomic
 
     parser = argparse.ArgumentParser(prog="ntm-eval", description="Evaluate a trained checkpoint on its task's "
-                                     "generalisation suite; writes <run dir>/eval/{results.json,results.csv,*.png}.")
+                                     "generalisation suite; writes <run dir>/eval/<date>_<time>/{results.json,"
+                                     "results.csv,*.png}, a folder per call.")
     parser.add_argument("path", type=Path, help=f"a run directory (holding {checkpoint.CHECKPOINT_NAME}) or a "
                         "checkpoint file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.lengths=[40,80,120] "
@@ -180,8 +181,7 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
     results = evaluate(model, task, cfg.eval, device)
     print(f"{cfg.model.name} on {cfg.task.name}, after {seen:,} training sequences ({run_dir})")
     print(results_table(results))
-    out = run_dir / "eval"
-    out.mkdir(exist_ok=True)
+    out = _new_folder(run_dir / "eval")  # each call's results apart: another call's PNGs never sit beside them
     payload = {"run_dir": str(run_dir), "task": cfg.task.name, "model": cfg.model.name, "sequences_seen": seen,
                "eval": OmegaConf.to_container(cfg.eval), "results": as_dicts(results)}
     write_atomic(out / "results.json", json.dumps(payload, indent=2) + "\n")
@@ -197,6 +197,20 @@ def evaluate_checkpoint(argv: list[str]) -> Path:
             save_figure(fig, out / f"{setting.name}.png", dpi=110)
     print(f"wrote {out}/results.json, results.csv" + (" and one PNG per setting" if cfg.eval.pictures else ""))
     return out
+
+
+def _new_folder(parent: Path) -> Path:
+    """A new folder ``<parent>/<date>_<time>`` (``_2``, ``_3``, ... after it when taken)."""
+    from datetime import datetime
+
+    stamp, n = datetime.now().strftime("%Y-%m-%d_%H-%M-%S"), 1
+    while True:
+        folder = parent / (stamp if n == 1 else f"{stamp}_{n}")
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            n += 1
 
 
 def evaluate() -> None:

@@ -134,23 +134,29 @@ def test_ntm_eval_writes_table_pngs_json_and_csv(workdir):
                           capture_output=True, text=True, timeout=240, cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert "items_3" in done.stdout and "items_7" in done.stdout and "wrong bits/seq" in done.stdout
-    payload = json.loads((run_dir / "eval" / "results.json").read_text())
+    (first,) = (run_dir / "eval").iterdir()  # a folder per call: <run>/eval/<date>_<time>/
+    assert f"wrote {first}/results.json" in done.stdout
+    payload = json.loads((first / "results.json").read_text())
     assert payload["sequences_seen"] == 32 and payload["task"] == "associative_recall"
     assert [r["setting"] for r in payload["results"]] == ["items_3", "items_7"]
     assert all(r["sequences"] == 6 and r["target_bits"] == 18 for r in payload["results"])
-    csv_lines = (run_dir / "eval" / "results.csv").read_text().splitlines()
+    csv_lines = (first / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("setting,sequences,cost_bits,wrong_bits") and len(csv_lines) == 3
     for name in ("items_3", "items_7"):
-        assert (run_dir / "eval" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (first / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    kept = {p.name: p.read_bytes() for p in first.iterdir()}
 
     # a checkpoint file works as well as its folder; without overrides the run's own config
-    # applies (here: pictures off, the default Fig 11 item counts)
+    # applies (here: pictures off, the default Fig 11 item counts). The first call's results stay
+    # as they were, and the second's folder holds no pictures of the first
     done = subprocess.run([exe, str(run_dir / "checkpoint.pt"), "eval.sequences=2"], capture_output=True,
                           text=True, timeout=240, cwd=workdir)
     assert done.returncode == 0, done.stderr
-    payload = json.loads((run_dir / "eval" / "results.json").read_text())
+    (second,) = set((run_dir / "eval").iterdir()) - {first}
+    assert {p.name: p.read_bytes() for p in first.iterdir()} == kept
+    payload = json.loads((second / "results.json").read_text())
     assert [r["setting"] for r in payload["results"]] == ["items_6", "items_10", "items_15", "items_20"]
-    assert not (run_dir / "eval" / "items_6.png").exists()
+    assert sorted(p.name for p in second.iterdir()) == ["results.csv", "results.json"]
 
 
 @pytest.mark.parametrize("make_path, message", [
