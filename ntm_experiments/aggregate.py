@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .runs import (Band, Run, band, group, load_runs, median, save_figure, sequences_to_threshold,
+from .runs import (Band, Run, band, distinct, group, load_runs, median, save_figure, sequences_to_threshold,
                    write_atomic)
 
 DEFAULT_THRESHOLD = 0.1  # bits per sequence; "converged" = some logged training cost below it
@@ -224,12 +224,15 @@ def main(argv: list[str]) -> list[Path]:
                         help=f"cost in bits per sequence that counts as converged (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <first sweep>/aggregate)")
     args = parser.parse_args(argv)
-    summaries = summarise(load_runs(args.sweep), args.threshold)
+    runs, repeats = distinct(load_runs(args.sweep))  # a repeated run counts as one seed
+    summaries = summarise(runs, args.threshold)
     out = args.out or args.sweep[0] / "aggregate"
     paths = write_aggregate(summaries, out)
     for s in summaries:
         conv = f"{s.converged_fraction:.0%} below {s.threshold:g} bits ({s.final_below_fraction:.0%} still at the end)"
         at = f", median at {s.median_to_threshold / 1000:g}k sequences" if s.median_to_threshold is not None else ""
         print(f"{s.task:>18} {s.model:>8}: {len(s.runs)} seeds, {conv}{at}")
+    for repeat in repeats:
+        print(f"left out {repeat.why()}")
     print(f"wrote {', '.join(p.name for p in paths)} in {out}")
     return paths

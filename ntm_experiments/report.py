@@ -27,7 +27,8 @@ from pathlib import Path
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
 from .errors import RunError
-from .runs import OPTIMAL_SUFFIX, Run, load_runs, median, save_figure, sequences_to_threshold, write_atomic
+from .runs import (OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, sequences_to_threshold,
+                   write_atomic)
 
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
 # Fig 11: bits per sequence at 6 / 10 / 15 / 20 items, read off the paper's figure
@@ -254,7 +255,10 @@ def _count(value: float | None) -> str:
 
 def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: float = DEFAULT_THRESHOLD,
                  note: str = "") -> list[Path]:
-    """Write every figure, the aggregate tables and REPORT.md into ``out``; return the paths written."""
+    """Write every figure, the aggregate tables and REPORT.md into ``out``; return the paths written.
+    A run repeating another (the same task, model, seed and settings) counts once (runs.distinct);
+    REPORT.md lists what it left out."""
+    runs, repeats = distinct(runs)
     summaries = summarise(runs, threshold)
     paper = load_paper_curves()
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +278,10 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
                        ", ".join(sorted({k(r.sequences) for r in s.runs})),
                        f"{sum(t is not None for t in s.to_threshold)}/{len(s.runs)}"] for s in summaries]))
     md.append("")
+    if repeats:
+        md += [f"Left out, {len(repeats)} run{'s' if len(repeats) != 1 else ''} repeating one above (the same task, "
+               "model, seed and settings count as one seed; the run that reached the most sequences is kept):", ""]
+        md += [f"- {repeat.why()}" for repeat in repeats] + [""]
 
     for figure in FIGURES:
         md += [f"## Fig {figure.number}: {figure.title.lower()} ({figure.task})", ""]
@@ -370,5 +378,7 @@ def main(argv: list[str]) -> list[Path]:
     args = parser.parse_args(argv)
     runs = load_runs(args.folders)
     written = build_report(runs, args.out, args.folders, args.threshold, args.note)
-    print(f"{len(runs)} runs; wrote {len(written)} files in {args.out} (summary: {args.out / 'REPORT.md'})")
+    kept, repeats = distinct(runs)
+    left = f" ({len(repeats)} more left out as repeats of these, listed in REPORT.md)" if repeats else ""
+    print(f"{len(kept)} runs{left}; wrote {len(written)} files in {args.out} (summary: {args.out / 'REPORT.md'})")
     return written

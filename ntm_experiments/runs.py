@@ -7,6 +7,7 @@ tree of such folders (``outputs/multirun/<time>/...``, ``outputs/<task>/<model>/
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -133,6 +134,64 @@ def load_runs(roots: Iterable[Path]) -> list[Run]:
         for d in find_run_dirs(Path(root)):
             dirs[d.resolve()] = None
     return [load_run(d) for d in dirs]
+
+
+# What makes two runs the same run, repeated: the composed config but these, which only say how long
+# it ran, where, how fast and what it logged or evaluated (the training curve does not depend on them).
+NOT_SETTINGS = ("resume", "device", "progress", "budget", "objective", "eval", "train.total_sequences",
+                "train.log_every", "train.checkpoint_every", "train.fast_path", "train.fast_path_core",
+                "train.fast_path_min_sequences")
+
+
+def settings(run: Run) -> str:
+    """The run's task, model, seed and training settings (all but NOT_SETTINGS), as one string."""
+    config = OmegaConf.to_container(run.config, resolve=False)
+    for key in NOT_SETTINGS:
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+@dataclass
+class Repeat:
+    """A run left out because it repeats ``kept``: the same task, model, seed and settings."""
+    run: Run
+    kept: Run
+
+    def why(self) -> str:
+        mine, theirs = self.run.sequences, self.kept.sequences
+        reached = (f"which reached more sequences ({theirs:,} against {mine:,})" if theirs > mine else
+                   f"both reached {mine:,} sequences; the later folder is kept")
+        return f"{_shown(self.run.path)}: the same task, model, seed and settings as {_shown(self.kept.path)}, {reached}"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user likely gave it: relative to the working folder when under it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def distinct(runs: Iterable[Run]) -> tuple[list[Run], list[Repeat]]:
+    """Runs of the same task, model, seed and settings (an aborted run and its rerun, a duplicate)
+    are one seed: the one that reached the most sequences is kept (of equals, the last folder by
+    name, which for outputs/<task>/<model>/<date>_<time> is the newest). Returns (kept, left out)."""
+    runs = list(runs)
+    by_settings: dict[str, list[Run]] = {}
+    for run in runs:
+        by_settings.setdefault(settings(run), []).append(run)
+    kept, repeats = [], []
+    for same in by_settings.values():
+        best = max(same, key=lambda r: (r.sequences, str(r.path)))
+        kept.append(best)
+        repeats += [Repeat(r, best) for r in same if r is not best]
+    order = {id(r): i for i, r in enumerate(runs)}
+    return sorted(kept, key=lambda r: order[id(r)]), sorted(repeats, key=lambda r: order[id(r.run)])
 
 
 def group(runs: Iterable[Run]) -> dict[tuple[str, str], list[Run]]:

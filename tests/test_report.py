@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, ntm_train_exe, run_cli, scalars
 from ntm_experiments.aggregate import MODEL_LABELS, Summary, summarise
-from ntm_experiments.report import (FIGURES, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, landmark_line, learning_curve_figure,
-                                    load_paper_curves)
-from ntm_experiments.runs import COST_TAG, Run, band, find_run_dirs
+from ntm_experiments.report import (FIGURES, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, build_report, landmark_line,
+                                    learning_curve_figure, load_paper_curves)
+from ntm_experiments.runs import COST_TAG, Run, band, distinct, find_run_dirs
 
 TASKS = ["copy", "associative_recall"]
 SHORT = ["train.total_sequences=128", "eval.pictures=false", "seed=1,2", f"task={','.join(TASKS)}"]
@@ -109,9 +109,12 @@ def test_budget_is_read_from_the_composed_config(sweep, tmp_path):
 @pytest.mark.slow
 def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
     out = tmp_path / "report"
-    result = run_cli([str(sweep / "ntm_lstm"), str(sweep / "lstm"), "--out", str(out),
+    original = next(d for d in find_run_dirs(sweep / "ntm_lstm") if "task=copy" in d.name and "seed=1" in d.name)
+    shutil.copytree(original, tmp_path / "again" / original.name)  # the same run twice: one seed, not two
+    result = run_cli([str(sweep / "ntm_lstm"), str(sweep / "lstm"), str(tmp_path / "again"), "--out", str(out),
                       "--note", "Made on a test machine."], cwd=tmp_path, exe=exe("ntm-report"), timeout=600)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("8 runs (1 more left out as repeats of these, listed in REPORT.md); ")
     names = {p.name for p in out.iterdir()}
     assert {"REPORT.md", "aggregate", "fig03_copy.png", "fig10_associative_recall.png",
             "fig11_associative_recall_generalisation.png"} <= names
@@ -132,6 +135,9 @@ def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
     assert "at 45k sequences the paper has 0.22 bits" not in text  # no NTM-FF runs: reported missing
     assert "associative_recall, NTM-FF: missing (no runs)" in text
     assert "| copy | ntm_lstm | custom | 2 (1, 2) | 0.128k |" in text
+    (left_out,) = [line for line in text.splitlines() if line.startswith("- ") and "the same task, model, seed" in line]
+    assert {str(original), f"again/{original.name}"} == {left_out[2:].split(": the same")[0],
+                                                           left_out.split("settings as ")[1].split(", both reached")[0]}
     for run in find_run_dirs(sweep):
         config = OmegaConf.load(run / ".hydra" / "config.yaml")
         ours = int(scalars(run, "model/parameters")[0][1])
@@ -268,6 +274,39 @@ def test_short_runs_get_a_second_panel_on_their_own_range():
     fig = learning_curve_figure(copy_figure, [whole], load_paper_curves())
     assert len(fig.axes) == 1  # runs covering most of the axis need no second panel
     plt.close(fig)
+
+
+def _copy_run(path: str, seed: int, curve: list[tuple[int, float]], **train) -> Run:
+    config = {"task": {"name": "copy"}, "model": {"name": "ntm_lstm"}, "seed": seed, "progress": True, "device": "auto",
+              "budget": "custom", "train": {"lr": 1e-4, "batch_size": 16, "total_sequences": 1_000_000, **train}}
+    return Run(Path(path), OmegaConf.create(config), {COST_TAG: curve})
+
+
+def test_repeats_of_a_run_count_as_one_seed_and_the_report_lists_what_it_left_out(tmp_path, monkeypatch):
+    """Two runs aborted at 1k sequences, their full rerun and a copy of it are one seed (seed 0),
+    the longest kept; a run of seed 0 with another learning rate is another run; what differs only
+    in length, progress bar or device is not."""
+    monkeypatch.chdir(tmp_path)
+    full, aborted = [(1000 * k, 10.0 / k) for k in range(1, 51)], [(1000, 10.0)]
+    runs = [_copy_run("runs/10-00", 0, aborted), _copy_run("runs/11-00", 0, aborted, total_sequences=1000),
+            _copy_run("runs/12-00", 0, full), _copy_run("copies/12-00", 0, full),
+            _copy_run("runs/lr", 0, full, lr=3e-4), _copy_run("runs/seed1", 1, full)]
+    runs[1].config.progress, runs[1].config.device = False, "cpu"
+    kept, repeats = distinct(runs)
+    assert [str(r.path) for r in kept] == ["runs/12-00", "runs/lr", "runs/seed1"]  # of equals, the last folder by name
+    assert [(str(r.run.path), str(r.kept.path)) for r in repeats] == [
+        ("runs/10-00", "runs/12-00"), ("runs/11-00", "runs/12-00"), ("copies/12-00", "runs/12-00")]
+    assert repeats[0].why() == ("runs/10-00: the same task, model, seed and settings as runs/12-00, which reached "
+                                "more sequences (50,000 against 1,000)")
+    assert repeats[2].why().endswith("both reached 50,000 sequences; the later folder is kept")
+
+    build_report(runs, tmp_path / "report", [tmp_path / "runs"])
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert "| copy | ntm_lstm | custom | 3 (0, 0, 1) | 50k |" in text  # not 6 (0, 0, 0, 0, 0, 1)
+    left_out = text.split("Left out, 3 runs repeating one above")[1].split("\n## ")[0]
+    assert [line for line in left_out.splitlines() if line.startswith("- ")] == [f"- {r.why()}" for r in repeats]
+    seeds = read_csv(tmp_path / "report" / "aggregate" / "seeds.csv")
+    assert sorted(row["run"] for row in seeds) == ["runs/12-00", "runs/lr", "runs/seed1"]
 
 
 def test_band_uses_each_seed_only_where_it_has_data():
