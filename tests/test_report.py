@@ -4,6 +4,7 @@ once per module by the real ntm-train -m, read back from its event files."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ntm_experiments.report import (FIGURES, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, b
                                     learning_curve_figure, load_paper_curves)
 from ntm_experiments.runs import COST_TAG, Run, band, distinct, find_run_dirs
 
+REPO = Path(__file__).resolve().parents[1]
 TASKS = ["copy", "associative_recall"]
 SHORT = ["train.total_sequences=128", "eval.pictures=false", "seed=1,2", f"task={','.join(TASKS)}"]
 LSTM_TINY = ["model.hidden_size=16", *[o for o in TINY if not o.startswith("model.")]]
@@ -144,6 +146,19 @@ def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
         assert f"| {config.task.name} | {config.model.name} | {ours:,} | {config.paper.params:,} |" in text
     fig11 = text.split("## Fig 11")[1].split("\n## ")[0]
     assert "(36.6)" in fig11 and "(0.08)" in fig11 and "NTM-FF | missing (0.02)" in fig11
+
+
+def test_the_committed_report_cites_only_files_of_the_project():
+    """REPORT.md once cited SPEC.md, a file outside the project: every file it names in backticks
+    is in the repository, and every picture or table it links is beside it."""
+    report = REPO / "outputs" / "report" / "REPORT.md"
+    text = report.read_text()
+    cited = set(re.findall(r"`([\w./-]+\.(?:csv|md|py|sh|yaml))`", text))
+    assert "ntm_experiments/data/figure_curves.csv" in cited
+    assert [c for c in cited if not (REPO / c).is_file()] == []
+    linked = set(re.findall(r"\]\(([^)]+)\)", text))
+    assert linked and [f for f in linked if not (report.parent / f).is_file()] == []
+    assert "SPEC" not in text
 
 
 def test_paper_curves_load_in_thousands_and_plot_on_the_papers_axes():
