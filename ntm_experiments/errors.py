@@ -21,9 +21,9 @@ class Interrupted(SystemExit):
     (130 for SIGINT, 143 for SIGTERM). A SystemExit, so that no launcher or sweep catches it as a
     failed job and goes on with the next one."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, checkpointed: bool = False):
         super().__init__(128 + signum)
-        self.message, self.signum = message, signum
+        self.message, self.signum, self.checkpointed = message, signum, checkpointed
 
     def __str__(self) -> str:
         return self.message

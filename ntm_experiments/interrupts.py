@@ -25,6 +25,8 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .errors import Interrupted
+
 if TYPE_CHECKING:
     from .run_state import RunState
 
@@ -62,30 +64,49 @@ class StopSignals:
         if self.signum is None or signum != signal.SIGTERM:  # SIGTERM then pre-emption: the pre-emption
             self.signum = signum
 
-    def act(self, run: RunState, bar: Any) -> None:
-        """Between two steps, after a signal: checkpoint, then stop (Interrupted), hand over to
-        submitit, or go on (SIGTERM in a submitit job)."""
+    def act(self, runs: RunState | list[RunState], bar: Any) -> None:
+        """Between two steps, after a signal: checkpoint every run (one, or the live runs of a
+        stack), then stop (Interrupted), hand over to submitit, or go on (SIGTERM in a submitit job)."""
         signum, self.signum = self.signum, None
+        runs = runs if isinstance(runs, list) else [runs]
         if self.preempt is not None and signum == signal.SIGTERM:
-            what = run.save_on_signal()
-            run.log.warning("SIGTERM at %d sequences: %s; training goes on (in a submitit job the pre-emption "
-                        "signal or a kill follows: a requeued job resumes from the latest checkpoint)", run.seen, what)
+            for run in runs:
+                run.log.warning("SIGTERM at %d sequences: %s; training goes on (in a submitit job the pre-emption "
+                                "signal or a kill follows: a requeued job resumes from the latest checkpoint)",
+                                run.seen, run.save_on_signal()[1])
             return
         submitit_handler = self.previous.get(signum) if signum == self.preempt else None
         if not callable(submitit_handler):
             bar.close()
-            raise run.interrupt(signum)
-        what = run.save_on_signal()
-        run.log.warning("%s (submitit: pre-empted or near the time limit) at %d sequences: %s; submitit requeues "
-                    "the job, which resumes this run", signal.Signals(signum).name, run.seen, what)
+            stops = [run.interrupt(signum) for run in runs]
+            raise stops[0] if len(stops) == 1 else stack_interrupted(runs, stops, signum)
+        for run in runs:
+            run.log.warning("%s (submitit: pre-empted or near the time limit) at %d sequences: %s; submitit requeues "
+                            "the job, which resumes this run", signal.Signals(signum).name, run.seen, run.save_on_signal()[1])
         self.__exit__()  # submitit's own handlers again, then its requeue: it exits this process
         try:
             submitit_handler(signum, None)
         except BaseException:
             bar.close()
-            run.writer.close()
+            for run in runs:
+                run.writer.close()
             raise
         self.__enter__()  # it did not exit (not the job's first task): training goes on
+
+
+def stack_interrupted(runs: list[RunState], stops: list[Interrupted], signum: int) -> Interrupted:
+    """One line for the runs of a stack stopped together (each run's own line is in its train.log)."""
+    folder = os.path.commonpath([str(run.run_dir) for run in runs])
+    written = [run for run, stop in zip(runs, stops) if stop.checkpointed]
+    seen = sorted({run.seen for run in written})
+    at = f"{seen[0]:,}" + (f" to {seen[-1]:,}" if len(seen) > 1 else "") if seen else ""
+    what = (f"checkpoints written at {at} sequences" if len(written) == len(runs) else
+            f"{len(written)} checkpoints written{f' at {at} sequences' if written else ''}, the other runs' "
+            "train.log say why not")
+    verb = "interrupted" if signum == signal.SIGINT else "stopped"
+    return Interrupted(f"{verb} by {signal.Signals(signum).name}: {len(runs)} stacked runs under {folder}, {what}; "
+                       f"the same sweep with {resume_override(folder).replace('resume=', 'hydra.sweep.dir=')} "
+                       "resume=true continues them", signum)
 
 
 def resume_override(run_dir: Any) -> str:

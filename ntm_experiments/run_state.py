@@ -369,26 +369,26 @@ class RunState:
                            "the previous checkpoint is kept") from error
         return True
 
-    def save_on_signal(self) -> str:
-        """A checkpoint at the sequences seen, between two steps, on a signal (interrupts.py); what
-        was done, in words."""
+    def save_on_signal(self) -> tuple[bool, str]:
+        """A checkpoint at the sequences seen, between two steps, on a signal (interrupts.py):
+        (whether it was written, what was done in words)."""
         if self.seen == 0:
-            return "nothing trained yet, no checkpoint written"
+            return False, "nothing trained yet, no checkpoint written"
         if self.save_checkpoint(remember=False):
-            return f"checkpoint written to {self.run_dir}"
+            return True, f"checkpoint written to {self.run_dir}"
         earlier = "the previous checkpoint is kept" if self.checkpoint_path.exists() else "there is no earlier one"
-        return f"the weights are not finite, so no checkpoint was written; {earlier}"
+        return False, f"the weights are not finite, so no checkpoint was written; {earlier}"
 
     def interrupt(self, signum: int) -> Interrupted:
         """Stop on SIGINT or SIGTERM between two steps: checkpoint, log, close; the Interrupted to
         raise (its message says what is true)."""
         name = signal.Signals(signum).name
-        what = self.save_on_signal()
+        written, what = self.save_on_signal()
         self.log.warning("stopped by %s at %d sequences: %s", name, self.seen, what)
         self.writer.close()
         then = f" ({resume_override(self.run_dir)} continues it)" if self.checkpoint_path.exists() else ""
         return Interrupted(f"{'interrupted' if signum == signal.SIGINT else 'stopped'} by {name} at {self.seen:,} "
-                           f"sequences; {what}{then}", signum)
+                           f"sequences; {what}{then}", signum, checkpointed=written)
 
     def finish(self) -> float:
         """Close the run; returns ``cfg.objective`` (bits per sequence)."""

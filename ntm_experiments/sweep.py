@@ -87,7 +87,8 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
 
     from .train import train_stack
 
-    for cfg in cfgs:
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        resume_requeued_job(cfg, run_dir)  # a stack's submitit job requeued after a pre-emption
         cfg.device = job_device(str(cfg.device), stack_number, torch.cuda.device_count())
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:

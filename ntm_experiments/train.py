@@ -138,41 +138,44 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                desc=f"{first.cfg.task.name}/{first.cfg.model.name} x{len(group)}")
     for run in group:
         run.model.train()
-    while any(active):
-        batches = [run.data.next(run.total - run.seen) if on else None for run, on in zip(group, active)]
-        costs, grad_norms = stepper.forward_backward(batches)  # [cost (B,) bits] per run, norms (K,)
-        finite = [on and bool(torch.isfinite(c.sum()) & torch.isfinite(n)) for on, c, n in zip(active, costs, grad_norms)]
-        for i, (run, batch) in enumerate(zip(group, batches)):
-            if batch is None:
-                continue
-            run.data.draw_ahead(run.total - run.seen - batch.batch_size)
-            if not finite[i]:
-                try:  # skipped; after train.max_bad_steps in a row, the last good state, loaded into its row
-                    run.skip_step()
+    with StopSignals() as stop:  # SIGINT, SIGTERM: only a flag, looked at between steps
+        while any(active):
+            if stop.signum is not None:  # every live run checkpointed where it stands, then stop (interrupts.py)
+                stop.act([run for run, on in zip(group, active) if on], bar)
+            batches = [run.data.next(run.total - run.seen) if on else None for run, on in zip(group, active)]
+            costs, grad_norms = stepper.forward_backward(batches)  # [cost (B,) bits] per run, norms (K,)
+            finite = [on and bool(torch.isfinite(c.sum()) & torch.isfinite(n)) for on, c, n in zip(active, costs, grad_norms)]
+            for i, (run, batch) in enumerate(zip(group, batches)):
+                if batch is None:
+                    continue
+                run.data.draw_ahead(run.total - run.seen - batch.batch_size)
+                if not finite[i]:
+                    try:  # skipped; after train.max_bad_steps in a row, the last good state, loaded into its row
+                        run.skip_step()
+                    except RunError as error:
+                        active[i] = False
+                        if on_failure is None:
+                            raise
+                        on_failure(live[i], error)
+            stepper.update(torch.tensor(finite), clip)  # clip each run's gradient (§4.6), RMSProp the finite ones
+            for i, run in enumerate(group):
+                if not finite[i]:
+                    continue
+                try:
+                    run.record(costs[i], grad_norms[i])  # counted; logged, evaluated, checkpointed at boundaries
+                    bar.update(costs[i].shape[0])
+                    if run.seen >= run.total:
+                        results[live[i]], active[i] = run.finish(), False
                 except RunError as error:
                     active[i] = False
                     if on_failure is None:
                         raise
                     on_failure(live[i], error)
-        stepper.update(torch.tensor(finite), clip)  # clip each run's gradient (§4.6), RMSProp the finite ones
-        for i, run in enumerate(group):
-            if not finite[i]:
-                continue
-            try:
-                run.record(costs[i], grad_norms[i])  # counted; logged, evaluated, checkpointed at boundaries
-                bar.update(costs[i].shape[0])
-                if run.seen >= run.total:
-                    results[live[i]], active[i] = run.finish(), False
-            except RunError as error:
-                active[i] = False
-                if on_failure is None:
-                    raise
-                on_failure(live[i], error)
-        logged = [run.last_cost for run in group if run.last_cost == run.last_cost]
-        if logged:
-            bar.set_postfix(median=f"{statistics.median(logged):.3f}", worst=f"{max(logged):.3f} bits/seq", refresh=False)
-    bar.close()
-    return results
+            logged = [run.last_cost for run in group if run.last_cost == run.last_cost]
+            if logged:
+                bar.set_postfix(median=f"{statistics.median(logged):.3f}", worst=f"{max(logged):.3f} bits/seq", refresh=False)
+        bar.close()
+        return results
 
 
 def stepper_core(forwards) -> str:

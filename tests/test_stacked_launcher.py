@@ -115,3 +115,47 @@ def test_optuna_hands_the_launcher_n_jobs_trials_at_a_time(workdir, n_jobs, stac
     logs = [(sweep / f"trial_{n}" / "train.log").read_text() for n in (0, 1)]
     assert all(("2 runs stacked" in log) == stacked for log in logs)
     assert all("finished: 32 sequences" in log for log in logs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_every_run_of_a_stack_where_it_stands_and_the_sweep_resumes_them(workdir):
+    """SIGINT to a stacked sweep: every live run writes its checkpoint at the step the stack had
+    reached (train.log says so), one line says where and how to continue, exit 130; the same sweep
+    with resume=true then ends on every run's uninterrupted curve."""
+    import re
+
+    import torch
+
+    sweep = workdir / "stopped"
+    args = [*STACKED, *SMALL, "train.fast_path=false", "seed=1,2"]
+    proc = subprocess.Popen([ntm_train_exe(), *args, f"hydra.sweep.dir={sweep}", "train.total_sequences=100000"],
+                            cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = [sweep / f"seed{s}_lr0.0001" / "checkpoint.pt" for s in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all(c.exists() for c in checkpoints):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    time.sleep(random.Random(1).uniform(0.0, 0.3))
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, stderr
+    (line,) = stderr.strip().splitlines()
+    match = re.fullmatch(rf"ntm-train: interrupted by SIGINT: 2 stacked runs under {re.escape(str(sweep))}, checkpoints "
+                         rf"written at ([\d,]+) sequences; the same sweep with hydra.sweep.dir={re.escape(str(sweep))} "
+                         r"resume=true continues them", line)
+    assert match, line
+    seen = int(match.group(1).replace(",", ""))
+    for checkpoint in checkpoints:
+        assert torch.load(checkpoint, weights_only=False)["sequences_seen"] == seen
+        assert f"stopped by SIGINT at {seen} sequences: checkpoint written" in (checkpoint.parent / "train.log").read_text()
+    total = seen + 48
+    resumed = run_cli([*args, f"hydra.sweep.dir={sweep}", f"train.total_sequences={total}", "resume=true"], cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = workdir / "straight"
+    result = run_cli([*args, f"hydra.sweep.dir={straight}", f"train.total_sequences={total}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    for s in (1, 2):
+        name = f"seed{s}_lr0.0001"
+        stopped_curve, whole = scalars(sweep / name, COST_TAG), scalars(straight / name, COST_TAG)
+        assert [x for x, _ in stopped_curve] == [x for x, _ in whole]
+        assert [v for _, v in stopped_curve] == [v for _, v in whole]  # bitwise, as a kill's resume
