@@ -87,8 +87,7 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
 
     from .train import train_stack
 
-    for cfg, run_dir in zip(cfgs, run_dirs):
-        resume_requeued_job(cfg, run_dir)  # a stack's submitit job requeued after a pre-emption
+    for cfg in cfgs:
         cfg.device = job_device(str(cfg.device), stack_number, torch.cuda.device_count())
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
@@ -103,6 +102,7 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
         logger.addHandler(handler)
         loggers.append(logger)
         handlers.append((logger, handler))
+        resume_requeued_job(cfgs[k], run_dir, logger)  # the stack's submitit job requeued after a pre-emption
 
     def failed(k: int, error: BaseException) -> None:
         line = failure_line(error)
@@ -126,7 +126,7 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
 RUN_LOCAL_KEYS = ("resume", "device", "progress")
 
 
-def resume_requeued_job(cfg: DictConfig, run_dir: Path) -> bool:
+def resume_requeued_job(cfg: DictConfig, run_dir: Path, logger: logging.Logger | None = None) -> bool:
     """A submitit job (hydra/launcher=slurm or submitit_local) whose folder already holds a
     checkpoint of the same settings is the same job again: requeued by submitit after a
     pre-emption or at its time limit (interrupts.py writes the checkpoint first), or rerun by Slurm
@@ -140,7 +140,10 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path) -> bool:
     fresh = cfg.resume in (False, None) or str(cfg.resume).lower() == "false"
     if not (os.environ.get("SUBMITIT_EXECUTOR") and fresh and path.is_file()):
         return False
-    saved = checkpoint.load(path)
+    try:
+        saved = checkpoint.load(path)
+    except RunError:  # unreadable: left to the run itself to refuse, in one line
+        return False
 
     def settings(config: dict) -> dict:
         return {k: v for k, v in config.items() if k not in RUN_LOCAL_KEYS}
@@ -148,8 +151,8 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path) -> bool:
     if settings(saved["config"]) != settings(OmegaConf.to_container(cfg, resolve=True)):
         return False
     cfg.resume = str(run_dir)
-    log.info("this job's folder holds its checkpoint at %d sequences (a requeued submitit job): resuming it",
-             saved["sequences_seen"])
+    (logger or log).info("this job's folder holds its checkpoint at %d sequences (a requeued submitit job): resuming it",
+                         saved["sequences_seen"])
     return True
 
 

@@ -159,3 +159,44 @@ def test_ctrl_c_checkpoints_every_run_of_a_stack_where_it_stands_and_the_sweep_r
         stopped_curve, whole = scalars(sweep / name, COST_TAG), scalars(straight / name, COST_TAG)
         assert [x for x, _ in stopped_curve] == [x for x, _ in whole]
         assert [v for _, v in stopped_curve] == [v for _, v in whole]  # bitwise, as a kill's resume
+
+
+@pytest.mark.slow
+def test_a_preempted_stack_job_checkpoints_every_run_and_its_requeued_self_resumes_them(workdir):
+    """hydra/launcher=stacked_submitit_local: the stack's job gets SIGUSR2 (a pre-emption to
+    submitit, with timeout_min=60); every run writes its checkpoint, submitit requeues the job
+    (the stacked job function has no checkpoint method: it is submitted again as it was), and the
+    requeued job resumes every run: each ends on its uninterrupted curve."""
+    import os
+    import re
+
+    from test_sweeps import _children
+
+    sweep = workdir / "preempted"
+    args = ["-m", "hydra/launcher=stacked_submitit_local", "hydra.launcher.submitit.timeout_min=60",
+            "hydra.sweep.subdir=seed${seed}", *SMALL, "train.fast_path=false", "seed=1,2", "train.total_sequences=480"]
+    proc = subprocess.Popen([ntm_train_exe(), *args, f"hydra.sweep.dir={sweep}"], cwd=workdir, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = [sweep / f"seed{s}" / "checkpoint.pt" for s in (1, 2)]
+    deadline = time.monotonic() + 120
+    while not all(c.exists() for c in checkpoints):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    (job,) = [int(p.name) for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+    (task,) = _children(job)
+    os.kill(task, signal.SIGUSR2)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    for s in (1, 2):
+        log = (sweep / f"seed{s}" / "train.log").read_text()
+        at = int(re.search(r"SIGUSR2 \(submitit: pre-empted or near the time limit\) at (\d+) sequences: checkpoint "
+                           r"written", log).group(1))
+        assert at < 480, "the stack finished before it was pre-empted: nothing was tested"
+        assert f"its checkpoint at {at} sequences (a requeued submitit job): resuming it" in log
+        assert log.count("finished: 480 sequences") == 1
+    straight = workdir / "straight"
+    result = run_cli([*args, f"hydra.sweep.dir={straight}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    for s in (1, 2):
+        stopped_curve, whole = scalars(sweep / f"seed{s}", COST_TAG), scalars(straight / f"seed{s}", COST_TAG)
+        assert [x for x, _ in stopped_curve] == [x for x, _ in whole] == list(range(16, 481, 16))
+        assert [v for _, v in stopped_curve] == [v for _, v in whole]
