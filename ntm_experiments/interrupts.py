@@ -1,8 +1,9 @@
 """Stopping a run on a signal without losing work.
 
-While a run trains (``StopSignals`` around train.py's loop), SIGINT (Ctrl-C) and SIGTERM (what
-Slurm and most schedulers send before a kill) only set a flag. The loop looks at it after each
-complete step, never in the middle of an update, and ``StopSignals.act`` then:
+While a run trains (``StopSignals`` around train.py's loops: one run's, a stack's), SIGINT (Ctrl-C)
+and SIGTERM (what Slurm and most schedulers send before a kill) only set a flag. The loop looks at
+it after each complete step, never in the middle of an update, and ``StopSignals.act`` then, for
+the run or for every live run of the stack:
 
 - writes a checkpoint at the sequences seen (atomically, as every checkpoint; with the logging
   window's partial sums and the divergence guard's state, so the resumed curve equals the
