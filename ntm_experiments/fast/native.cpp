@@ -49,7 +49,8 @@ double tanh(double) noexcept;
 
 namespace {
 
-constexpr double kEps = 1e-8;       // ntm_experiments.addressing.EPS
+constexpr double kEps = 1e-8;       // ntm_experiments.addressing.EPS (the sharpening's log)
+constexpr double kCosEps = 1e-12;   // ntm_experiments.addressing.COSINE_EPS (eq. 6's denominator)
 
 struct Dims {
   int64_t T, B, C, L, R, W, H, N, M, K, S, A, P, X;
@@ -128,7 +129,7 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
     for (int64_t m = 0; m < M; ++m) sq += p[m] * p[m];
-    wk[o.kn] = std::sqrt(sq + T(kEps));        // key norm
+    wk[o.kn] = std::sqrt(sq);                  // key norm
     wk[o.beta] = softplus(p[M]);               // key strength >= 0
     wk[o.gate] = sigmoid(p[M + 1]);            // interpolation gate in (0, 1)
     wk[o.gamma] = T(1) + softplus(p[M + 2 + K]);  // sharpening >= 1
@@ -136,19 +137,19 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
     for (int64_t k = 0; k < K; ++k) s[k] = p[M + 2 + k];
     softmax_inplace(s, K);                     // shift distribution over -S..S
   }
-  for (int64_t i = 0; i < N; ++i) {            // row norms sqrt(|M(i)|^2 + EPS), cosine similarities (eq. 6)
+  for (int64_t i = 0; i < N; ++i) {            // row norms, cosine similarities k.M(i) / (|k| |M(i)| + COSINE_EPS) (eq. 6)
     const T* row = mem + i * M;
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
     for (int64_t m = 0; m < M; ++m) sq += row[m] * row[m];
-    rn[i] = std::sqrt(sq + T(kEps));
+    rn[i] = std::sqrt(sq);
     for (int64_t h = 0; h < H; ++h) {
       const T* key = par + h * A;
       T* wk = work + h * X;
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t m = 0; m < M; ++m) dot += key[m] * row[m];
-      wk[o.sim + i] = dot / (wk[o.kn] * rn[i]);
+      wk[o.sim + i] = dot / (wk[o.kn] * rn[i] + T(kCosEps));
     }
   }
   for (int64_t h = 0; h < H; ++h) {
@@ -314,18 +315,22 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
     dp[M] = dbeta * softplus_grad(p[M]);
     for (int64_t m = 0; m < M; ++m) dp[m] = 0;
   }
-  // cosine similarity (eq. 6), every head, a row at a time: sim(i) = k.M(i) / (|k| |M(i)|)
+  // cosine similarity (eq. 6), every head, a row at a time: sim(i) = k.M(i) / D, D = |k| |M(i)| + COSINE_EPS.
+  // d sim / d k = M(i) / D - sim |M(i)| / D k / |k|, and alike for the row; k / |k| is taken as 0 at
+  // k = 0 (the norm's gradient there, as torch.linalg.vector_norm takes it).
   for (int64_t i = 0; i < N; ++i) {
     const T* row = mem + i * M;
     T* drow = dmem + i * M;
-    const T inv_rn = T(1) / rn[i];
+    const T rni = rn[i];
+    const T inv_rn = rni > T(0) ? T(1) / rni : T(0);
     for (int64_t h = 0; h < H; ++h) {
       const T* key = par + h * A;
       const T* wk = work + h * X;
       T* dkey = dpar + h * A;
-      const T inv_kn = T(1) / wk[o.kn], dsim = dsim_all[h * N + i], sim = wk[o.sim + i];
-      const T inv = inv_kn * inv_rn;
-      const T on_key = dsim * sim * inv_kn * inv_kn, on_row = dsim * sim * inv_rn * inv_rn;
+      const T kn = wk[o.kn], dsim = dsim_all[h * N + i], sim = wk[o.sim + i];
+      const T inv_kn = kn > T(0) ? T(1) / kn : T(0);
+      const T inv = T(1) / (kn * rni + T(kCosEps));
+      const T on_key = dsim * sim * inv * rni * inv_kn, on_row = dsim * sim * inv * kn * inv_rn;
 #pragma omp simd
       for (int64_t m = 0; m < M; ++m) {
         dkey[m] += dsim * row[m] * inv - on_key * key[m];
