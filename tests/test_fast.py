@@ -216,12 +216,13 @@ def assert_is_the_models_function_in_float64(core, variant: str, device=torch.de
     assert_core_is_the_models_function(core, model, inputs, cotangent)
 
 
-def assert_small_and_zero_rows_keep_eq_6(core, device=torch.device("cpu")) -> None:
+def assert_small_and_zero_rows_keep_eq_6(core, first_similarities, device=torch.device("cpu")) -> None:
     """Cosine similarity (eq. 6, §3.3.1) at small and zero vectors, in float64, through a
     hand-written core: a learned memory of rows of 1e-6 (squared norm 6e-12 in 6 columns) with one
     row exactly zero, the heads' layer zeroed so every step's keys are its bias, the first head's
     key positive and the second's exactly zero. At the first step the core's saved similarities
-    (its workspace, native.cpp's Work) are the true cosine to 1e-6 for the small rows and 0 for
+    (its workspace, native.cpp's Work: ``first_similarities(saved, B, H, X)`` gives it, (B, H, X)
+    with the N similarities first) are the true cosine to 1e-6 for the small rows and 0 for
     the zero row and the zero key; the logits and every gradient are finite and the model's to
     1e-10 (of each gradient's largest entry)."""
     model, inputs, cotangent = float64_model("lstm, 2 layers, 2 heads each", device, "model.memory_init=learned")
@@ -238,7 +239,8 @@ def assert_small_and_zero_rows_keep_eq_6(core, device=torch.device("cpu")) -> No
     run_forward = forward.run_forward
     forward.run_forward = lambda *args: saved.append(run_forward(*args)) or saved[-1]
     logits, grads = outputs_and_gradients(model, forward, inputs, cotangent)
-    similarity = saved[0][5][0, :, :, :N]  # (B, H, N) at t = 0: the workspace starts with it
+    H, X = model.R + model.W, 4 * N + model.K + 4
+    similarity = first_similarities(saved[0], inputs.shape[1], H, X)[..., :N]  # (B, H, N) at t = 0
     exact = key.sum() / (key.norm() * M ** 0.5)  # a constant row's cosine with the key
     small = [i for i in range(N) if i != 3]
     torch.testing.assert_close(similarity[:, 0, small], exact.expand(3, N - 1), rtol=1e-6, atol=0)
@@ -266,7 +268,11 @@ def test_sequence_cores_are_the_models_function_at_saturated_heads(core):
 
 
 def test_native_core_keeps_eq_6_at_small_and_zero_rows():
-    assert_small_and_zero_rows_keep_eq_6(NativeNTM)
+    def first_similarities(saved, B, H, X):  # one work unit, whose first B rows are its samples at t = 0
+        assert B <= ntm_native.SAMPLES_PER_UNIT
+        return saved[6][:B].view(B, H, X)
+
+    assert_small_and_zero_rows_keep_eq_6(NativeNTM, first_similarities)
 
 
 def test_unknown_core_is_refused():
