@@ -4,6 +4,10 @@ the same in any stack and on any number of threads."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 
@@ -170,3 +174,33 @@ def test_fast_training_steps_are_the_same_on_one_and_two_threads():
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(results[1][0], results[2][0]))
     assert all(torch.equal(a, b) for a, b in zip(results[1][1], results[2][1]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_native_core_runs_in_a_forked_child_after_its_threads_started():
+    """The core's own threads (native.cpp's UnitPool) do not survive a fork: a child forked after
+    the parent started them (a sweep's forked jobs) runs the core, with the same result, instead
+    of waiting for threads that are not there."""
+    models, inputs, cotangent = stack_of_models("lstm, 2 layers, 2 heads each", runs=2, batch_size=10,
+                                                dtype=torch.float32)
+    core = StackedNativeNTM(models)
+    core.threads = 2  # two units a run, two threads: the pool's thread starts here
+    expected = run_and_gradients(models, core, inputs, cotangent)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the core ran and agreed
+        code = 1
+        try:
+            again = run_and_gradients(models, core, inputs, cotangent)
+            code = 0 if torch.equal(again[0], expected[0]) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in the native core")

@@ -24,11 +24,16 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -436,16 +441,81 @@ std::vector<Unit> make_units(int64_t runs, int64_t B, int64_t slice) {
   return units;
 }
 
-// f(u) for every unit u on `threads` threads (at most one per unit): one parallel region, each
-// thread taking the next unit when it is free. Its own OpenMP region, not at::parallel_for, so
-// that the core's threads need not be ATen's (native.py: ATen may run single-threaded around
-// the core while the core uses the threads the run was given); ATen calls inside run inline.
+// The core's own threads, asleep between calls. Not OpenMP's: libgomp's threads spin at every
+// region's end and between regions (libgomp's GOMP_SPINCOUNT: 300,000 spins by default), which on a
+// machine that is doing something else takes the cores others need, and a waiting thread burns
+// the time slice of the thread it waits for. These sleep on a condition variable the moment
+// they have nothing to do; the calling thread works too. Created on first use, never joined
+// (detached: the process may end while they sleep); a forked child starts a pool of its own.
+class UnitPool {
+ public:
+  // job() on the calling thread and on up to `helpers` pool threads, returning when every one
+  // that started it has finished. job() must return once there is no work left: a pool thread
+  // that wakes after the caller's job() has returned does not start it, so the caller never
+  // waits for a thread the OS has not yet run.
+  void run(int64_t helpers, const std::function<void()>& job) {
+    if (helpers > 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      while (static_cast<int64_t>(threads_) < helpers) {
+        std::thread(&UnitPool::serve, this).detach();
+        ++threads_;
+      }
+      job_ = &job;
+      open_ = helpers;
+      ++generation_;
+      wake_.notify_all();
+    }
+    job();
+    if (helpers > 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      open_ = 0;  // no late starts
+      done_.wait(lock, [&] { return running_ == 0; });
+      job_ = nullptr;
+    }
+  }
+
+  static UnitPool& instance() {
+    static const int registered = pthread_atfork(nullptr, nullptr, [] { pool_ = new UnitPool(); });
+    (void)registered;
+    return *pool_;
+  }
+
+ private:
+  void serve() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen && open_ > 0; });
+      seen = generation_;
+      --open_;
+      ++running_;
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      if (--running_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void()>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int64_t open_ = 0, running_ = 0;
+  size_t threads_ = 0;
+  static UnitPool* pool_;  // never deleted: its threads may outlive main
+};
+
+UnitPool* UnitPool::pool_ = new UnitPool();
+
+// f(u) for every unit u on up to `threads` threads (at most one per unit), each taking the next
+// unit when it is free. ATen calls inside run single-threaded (MKL's local thread count is 1).
 template <typename F> void for_each_unit(int64_t count, int64_t threads, const F& f) {
   const int64_t workers = std::min<int64_t>(count, threads > 0 ? threads : at::get_num_threads());
   std::atomic<int64_t> next{0};
   std::atomic_flag failed = ATOMIC_FLAG_INIT;
   std::exception_ptr error;
-  auto work = [&] {
+  const std::function<void()> work = [&] {
     OneBlasThread one;
     try {
       for (int64_t u = next++; u < count; u = next++) f(u);
@@ -454,12 +524,7 @@ template <typename F> void for_each_unit(int64_t count, int64_t threads, const F
       next = count;  // the others stop at their next unit
     }
   };
-  if (workers <= 1) {
-    work();
-  } else {
-#pragma omp parallel num_threads(static_cast<int>(workers))
-    work();
-  }
+  UnitPool::instance().run(workers - 1, work);
   if (error) std::rethrow_exception(error);
 }
 
