@@ -149,7 +149,8 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
     for (int64_t k = 0; k < K; ++k) s[k] = p[M + 2 + k];
     softmax_inplace(s, K);                     // shift distribution over -S..S
   }
-  for (int64_t i = 0; i < N; ++i) {            // row norms, cosine similarities k.M(i) / (|k| |M(i)| + COSINE_EPS) (eq. 6)
+  // row norms, cosine similarities k.M(i) / (|k| |M(i)| + COSINE_EPS) (eq. 6)
+  for (int64_t i = 0; i < N; ++i) {
     const T* row = mem + i * M;
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
@@ -385,7 +386,8 @@ template <typename T> bool have_blas() {
 
 // a row-major (rows x cols) matrix at p with leading dimension ld, as a tensor that does not own it
 template <typename T> at::Tensor matrix(const T* p, int64_t rows, int64_t cols, int64_t ld) {
-  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
 }
 
 // C (m x n) = beta C + A (m x k) B^T, B (n x k): a linear layer's rows
@@ -799,7 +801,8 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
   std::copy_n(dw.data(), n * H * N, ptr<T>(out[slot + 1]) + first * H * N);
   std::copy_n(dmem.data(), n * N * M, ptr<T>(out[slot + 2]) + first * N * M);
   // the gradient at the x projection (runs, T, B, G)
-  for (int64_t t = 0; t < T_; ++t) std::copy_n(dpre[0].data() + t * n * G, n * G, ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G);
+  for (int64_t t = 0; t < T_; ++t)
+    std::copy_n(dpre[0].data() + t * n * G, n * G, ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G);
   // each loop weight's gradient over this unit's T n rows: [weight_0, weight_1, bias_1, ..., heads w, heads b]
   int64_t g = 0;
   for (int64_t l = 0; l <= L; ++l) {
@@ -814,7 +817,8 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
     } else {
       into = act[L - 1], width = ld = C;
     }
-    gemm_tn<T>(out_width, width, rows, grad, out_width, into, ld, ptr<T>(unit_grads[g]) + ui * out_width * width, width);
+    gemm_tn<T>(out_width, width, rows, grad, out_width, into, ld, ptr<T>(unit_grads[g]) + ui * out_width * width,
+               width);
     ++g;
     if (l > 0) {  // the bias: the sum of the rows, in order
       T* sum = ptr<T>(unit_grads[g]) + ui * out_width;
@@ -831,7 +835,8 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
 
 template <typename T>
 std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tensor>& saved, const at::Tensor& d_hidden,
-                                      const at::Tensor& d_reads, const std::vector<at::Tensor>& weight, int64_t threads) {
+                                      const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
+                                      int64_t threads) {
   const int64_t runs = d.runs, B = d.B, C = d.C, L = d.L, G = gate_width(d);
   const int64_t slice = saved[2][2].item<int64_t>();
   auto opts = d_hidden.options();
@@ -916,8 +921,8 @@ std::vector<at::Tensor> forward(at::Tensor x_proj, std::vector<at::Tensor> ctrl0
   TORCH_CHECK(static_cast<int64_t>(ctrl0.size()) == (lstm ? 2 * L : 0), "controller state: 2 L tensors (LSTM) or none");
   TORCH_CHECK(x_proj.size(3) == gate_width(d) && reads0.size(2) == R * d.M, "x_proj or reads0 has the wrong width");
   for (int64_t l = 0; l < L; ++l)
-    TORCH_CHECK(weight[l].size(1) == gate_width(d) && weight[l].size(2) == in_width(d, l), "weight ", l, " must be (runs, ",
-                gate_width(d), ", ", in_width(d, l), ")");
+    TORCH_CHECK(weight[l].size(1) == gate_width(d) && weight[l].size(2) == in_width(d, l), "weight ", l,
+                " must be (runs, ", gate_width(d), ", ", in_width(d, l), ")");
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "ntm_forward", [&] {

@@ -9,11 +9,12 @@ recomputing them.
 
 Threads: the unit of work is one run's slice of SAMPLES_PER_UNIT samples, which one thread
 carries from the first time step to the last, forward and backward; units go to whichever
-thread is free, and each weight's gradient is each unit's GEMM over its own T x slice rows,
-a run's units summed in order. No thread waits for another at any time step, so a machine
-that is doing something else slows the core by the share of the cores it takes, not by a
-descheduled thread at every step; and the results are the same, bit for bit, on any number
-of threads and for a run in any stack of runs.
+thread is free (the core's own threads, asleep between calls), and each weight's gradient is
+each unit's GEMM over its own T x slice rows, a run's units summed in order. No thread waits
+for another at any time step, so a machine that is doing something else slows the core by the
+share of the cores it takes, not by a parked thread at every step; and the results are the
+same, bit for bit, on any number of threads and for a run in any stack of runs. Around the
+core, a training step runs ATen on one thread (``aten_on_one_thread``, FastStep does).
 
   NativeNTM(model)            inputs (T, B, I) -> logits (T, B, O): one run (a stack of one)
   StackedNativeNTM(models)    inputs (K, T, B, I) -> logits (K, T, B, O): K runs of one
@@ -63,10 +64,12 @@ def aten_on_one_thread():
     the core, clipping, the optimiser) on one thread, while the native cores in it keep the
     threads torch had. Each ATen operation on more than 32k elements would otherwise be an
     OpenMP region whose threads meet at its end: dozens a step, and on a machine that is doing
-    something else each can wait for a thread the OS has parked (measured: 35 regions a step
-    took a 3 ms step to 40 ms with one competing process). The core's own work units meet once
-    a forward and once a backward. torch's thread count is restored on leaving; nested uses keep
-    the outer count. FastStep (steps.py) runs its native steps in it."""
+    something else each can wait for a thread the OS has parked (measured on the 2-core machine
+    of BENCHMARKS.md: 35 such regions a step at batch 1, and one competing process took the
+    3.1 ms step to 42 ms). The core's own work units meet once a forward and once a backward.
+    It also makes a step's arithmetic the same on any number of threads (MKL splits long
+    reductions across its threads). torch's thread count is restored on leaving; nested uses
+    keep the outer count. FastStep (steps.py) runs its native steps in it."""
     global _given_threads
     if _given_threads is not None:
         yield
@@ -81,6 +84,7 @@ def aten_on_one_thread():
         if threads > 1:
             torch.set_num_threads(threads)
         _given_threads = None
+
 
 _extension = None
 
@@ -162,7 +166,8 @@ def _structure(model: NTM) -> tuple:
     """What runs stacked in one native call must share: every parameter's and buffer's shape, the
     dtype, the device, the heads and the controller's kind."""
     return (type(model.controller), model.R, model.W, model.K, model.N, model.M,
-            [(name, tuple(t.shape), t.dtype, t.device) for name, t in [*model.named_parameters(), *model.named_buffers()]])
+            [(name, tuple(t.shape), t.dtype, t.device)
+             for name, t in [*model.named_parameters(), *model.named_buffers()]])
 
 
 class StackedNativeNTM:
@@ -218,7 +223,8 @@ class StackedNativeNTM:
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         model = self.model
         return self.extension.forward(x_projection, controller, reads0, weights0, memory0, weights, biases,
-                                      model.R, model.W, model.K, self.lstm, self.samples_per_unit, self.threads or core_threads())
+                                      model.R, model.W, model.K, self.lstm, self.samples_per_unit,
+                                      self.threads or core_threads())
 
     def run_backward(self, saved, d_hidden, d_reads, weights):
         model = self.model
