@@ -11,20 +11,27 @@ from __future__ import annotations
 
 import torch
 
-# Added under square roots and logarithms so zero vectors and zero weights stay finite.
+# Added inside the sharpening's logarithm so zero weights stay finite.
 EPS = 1e-8
+# Added to the product of the norms in the cosine similarity (as Collier & Beel 2018 do), so a zero
+# key or row gives 0 instead of 0/0 while a small row keeps its true cosine: the relative error is
+# COSINE_EPS / (|u| |v|), 2.2e-7 for a unit key against a row of 1e-6 in 20 columns (squared norm
+# 2e-11, which an epsilon under each square root would swamp).
+COSINE_EPS = 1e-12
 
 
 def cosine_similarity(keys: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-    """K[u, v] = u.v / (||u|| ||v||) (eq. 6), for every head's key against every row.
+    """K[u, v] = u.v / (||u|| ||v||) (eq. 6, §3.3.1), for every head's key against every row.
 
-    keys (B, H, M), memory (B, N, M) -> (B, H, N). Norms are sqrt(|x|^2 + EPS), so a zero
-    key or row gives similarity 0 instead of 0/0.
+    keys (B, H, M), memory (B, N, M) -> (B, H, N). Computed as u.v / (||u|| ||v|| + COSINE_EPS)
+    with the exact norms: eq. 6 holds for small rows (a row of 1e-6 keeps its cosine), a zero key
+    or row gives similarity 0 instead of 0/0, and the norm's gradient at a zero vector is taken as
+    0 (torch.linalg.vector_norm's), not sqrt's infinite slope at 0.
     """
     dot = torch.einsum("bhm,bnm->bhn", keys, memory)
-    key_norm = torch.sqrt(keys.pow(2).sum(-1, keepdim=True) + EPS)  # (B, H, 1)
-    row_norm = torch.sqrt(memory.pow(2).sum(-1) + EPS)[:, None, :]  # (B, 1, N)
-    return dot / (key_norm * row_norm)
+    key_norm = torch.linalg.vector_norm(keys, dim=-1, keepdim=True)  # (B, H, 1)
+    row_norm = torch.linalg.vector_norm(memory, dim=-1)[:, None, :]  # (B, 1, N)
+    return dot / (key_norm * row_norm + COSINE_EPS)
 
 
 def content_addressing(memory: torch.Tensor, keys: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

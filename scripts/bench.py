@@ -25,14 +25,22 @@ Paths: eager, one per core of the registry (ntm_experiments/fast/cores.py), and 
 Start-up (compiling, capturing) is timed apart and reported. On CUDA the peak memory of each
 run is reported; a batch that does not fit is reported as out of memory, and the next is tried.
 The task defaults to copy at a fixed length (Table 2's NTM-LSTM row, length 20: 42 time steps).
+
+A busy machine (--busy N): bench.py starts N processes that spin on a core each, and takes every
+timed chunk twice, once idle and once with the spinners running (they are paused in between,
+and killed when bench.py ends, however it ends), so each row reports both and their ratio
+side by side, under the same outside load. The load average is printed at the start and end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,6 +106,7 @@ class Run:
         if core:
             self.row["core"] = core
         self.chunks: list[float] = []
+        self.busy_chunks: list[float] = []  # with --busy: the same chunks, taken with the spinners running
         self.applied = 0
 
     def steps(self, count: int) -> float:
@@ -109,10 +118,60 @@ class Run:
         return time.perf_counter() - start
 
 
+# a spinning process: it kills itself with bench.py (PR_SET_PDEATHSIG, Linux; elsewhere it notices
+# its parent is gone within a few milliseconds of running), so none is left behind, even paused
+SPIN = """
+import ctypes, os, sys
+parent = int(sys.argv[1])
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+except (AttributeError, OSError):
+    pass
+while os.getppid() == parent:
+    for _ in range(100000):
+        pass
+"""
+
+
+class Spinners:
+    """``count`` processes that each keep one core busy while resumed; started paused. A context
+    manager: on leaving it (an error, Ctrl-C) every one is killed and reaped."""
+
+    def __init__(self, count: int):
+        self.processes: list[subprocess.Popen] = []
+        try:
+            for _ in range(count):
+                process = subprocess.Popen([sys.executable, "-c", SPIN, str(os.getpid())], stdin=subprocess.DEVNULL)
+                self.processes.append(process)
+                os.kill(process.pid, signal.SIGSTOP)
+        except BaseException:
+            self.close()
+            raise
+
+    def spin(self, on: bool) -> None:
+        for process in self.processes:
+            os.kill(process.pid, signal.SIGCONT if on else signal.SIGSTOP)
+        if on:
+            time.sleep(0.05)  # let the scheduler place them before the chunk starts
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.kill()  # SIGKILL ends a paused process too
+            process.wait()
+        self.processes = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def measure(paths: list[str], args, batch_size: int, device: torch.device) -> list[dict]:
     """Every path at one batch size. Each is built and warmed up (compiled, captured) in turn,
     its start-up timed; then the timed chunks go round the paths (eager, fast, eager, fast,
-    ...), so the ratios compare chunks that ran under the same load of the machine."""
+    ...), so the ratios compare chunks that ran under the same load of the machine. With
+    --busy each chunk is followed by the same chunk with the spinners running."""
     torch._dynamo.reset()  # every batch size compiles for itself: start-up is a cold start
     runs = []
     for path in paths:
@@ -130,19 +189,31 @@ def measure(paths: list[str], args, batch_size: int, device: torch.device) -> li
         if device.type == "cuda":  # this path's peak over its set-up and warm-up
             run.row["peak_memory_gib"] = (torch.cuda.max_memory_allocated(device) - held) / 2**30
     timed = [run for run in runs if "error" not in run.row]
-    for _ in range(args.repeats):
-        for run in timed:
-            try:
-                run.chunks.append(run.steps(args.steps))
-            except torch.OutOfMemoryError:
-                run.row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
-        timed = [run for run in timed if "error" not in run.row]
+    with Spinners(args.busy) as spinners:
+        for _ in range(args.repeats):
+            for run in timed:
+                try:
+                    run.chunks.append(run.steps(args.steps))
+                    if args.busy:
+                        spinners.spin(True)
+                        try:
+                            run.busy_chunks.append(run.steps(args.steps))
+                        finally:
+                            spinners.spin(False)
+                except torch.OutOfMemoryError:
+                    run.row["error"] = f"out of memory at batch {batch_size}: try a smaller batch"
+            timed = [run for run in timed if "error" not in run.row]
     for run in runs:
         if "error" not in run.row:
             seconds = statistics.median(run.chunks)  # the median chunk: a stall of the machine does not move it
             run.row.update(ms_per_step=1000 * seconds / args.steps, sequences_per_s=args.steps * batch_size / seconds,
                            finite_steps=run.applied, steps=args.steps * args.repeats,
                            ms_per_step_chunks=[1000 * c / args.steps for c in run.chunks])
+            if run.busy_chunks:
+                busy = statistics.median(run.busy_chunks)
+                run.row.update(busy=args.busy, busy_ms_per_step=1000 * busy / args.steps,
+                               busy_sequences_per_s=args.steps * batch_size / busy,
+                               busy_ms_per_step_chunks=[1000 * c / args.steps for c in run.busy_chunks])
         run.stepper = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -180,8 +251,11 @@ def profile(args, batch_size: int, device: torch.device) -> str:
 def table(rows: list[dict], paths: list[str]) -> str:
     by = {(r["batch_size"], r["path"]): r for r in rows}
     ratio_paths = [p for p in paths if p != "eager"]
+    busy = any("busy_sequences_per_s" in r for r in rows)  # --busy: each path's busy speed and busy / idle
     head = ["batch", *(f"{p} {unit}" for p in paths for unit in ("seq/s", "ms/step")),
-            *(f"{p} / eager" for p in ratio_paths), "start-up s", "peak GiB"]
+            *(f"{p} / eager" for p in ratio_paths),
+            *(f"{p} {unit}" for p in (paths if busy else []) for unit in ("busy seq/s", "busy / idle")),
+            "start-up s", "peak GiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for batch_size in sorted({r["batch_size"] for r in rows}):
         runs = {p: by.get((batch_size, p), {}) for p in paths}
@@ -193,6 +267,9 @@ def table(rows: list[dict], paths: list[str]) -> str:
         for p in ratio_paths:
             speed = runs[p].get("sequences_per_s")
             cells.append(f"{speed / eager:.2f}x" if eager and speed else "-")
+        for r in runs.values() if busy else []:
+            loaded = r.get("busy_sequences_per_s")
+            cells += ([f"{loaded:,.0f}", f"{loaded / r['sequences_per_s']:.2f}x"] if loaded else ["-", "-"])
         startup = runs[paths[-1]].get("startup_s")
         peaks = [r["peak_memory_gib"] for r in runs.values() if "peak_memory_gib" in r]
         cells += ["-" if startup is None else f"{startup:.1f}", f"{max(peaks):.2f}" if peaks else "-"]
@@ -217,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed chunks per row; the row reports the median")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, capture)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="also time every chunk with N processes spinning (a machine doing something else)")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides, e.g. model.memory_rows=64")
     parser.add_argument("--profile", type=int, default=0, metavar="BATCH",
                         help="instead of the table: the compiled step's kernels at this batch size, by device time")
@@ -236,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                           "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
+    if args.busy < 0:
+        parser.error(f"--busy {args.busy}: must be 0 or more")
     if min(args.steps, args.warmup, args.repeats) <= 0:
         parser.error(f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}: all must be >= 1")
     if args.threads:
@@ -259,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {args.task} / {args.model}, {args.length_key or 'setting'}={args.length}, on {name} "
           f"({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
           f"the median of {args.repeats} chunks of {args.steps} timed steps, after {args.warmup} warm-up steps; "
-          f"the paths' chunks taken in turn", flush=True)
+          f"the paths' chunks taken in turn"
+          + (f"; each chunk also with {args.busy} spinning process(es)" if args.busy else "")
+          + f"; load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     if args.profile:
         print(profile(args, args.profile, device))
         return 0
@@ -282,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                                           f"start-up {row['startup_s']:.1f} s")
             print(f"batch {batch_size:>5} {row['path']:>8}: {detail}", file=sys.stderr, flush=True)
     print(table(rows, paths))
+    print(f"# load average {os.getloadavg()[0]:.2f} at the end (1-minute; this run's own processes included)")
     if args.json:
-        meta = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:]}
+        meta = {"device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "argv": sys.argv[1:],
+                "busy": args.busy}
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return 0
 

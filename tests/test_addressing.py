@@ -22,6 +22,29 @@ def test_cosine_similarity_by_hand():
     assert torch.allclose(sim[0], t([1, 0, r], [r, r, 1]), atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-6), (torch.float32, 1e-5)])
+def test_cosine_similarity_of_small_rows_is_eq_6(dtype, rtol):
+    """A memory row of 1e-6 in 20 columns (squared norm 2e-11, memory_init=constant's rows) keeps
+    its true cosine with a key (eq. 6): the epsilon sits on the product of the norms, far below it."""
+    key = torch.linspace(0.1, 1.0, 20, dtype=torch.float64)
+    memory = torch.stack([torch.full((20,), 1e-6, dtype=torch.float64), 1e-6 * torch.linspace(-1.0, 2.0, 20,
+                                                                                           dtype=torch.float64)])
+    exact = (memory @ key) / (memory.norm(dim=1) * key.norm())  # about 0.9 and 0.6
+    sim = A.cosine_similarity(key.to(dtype)[None, None], memory.to(dtype)[None])[0, 0]
+    torch.testing.assert_close(sim.double(), exact, rtol=rtol, atol=0)
+
+
+def test_cosine_similarity_at_zero_keys_and_rows_is_zero_with_finite_gradients():
+    keys = torch.tensor([[[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]]], dtype=torch.float64, requires_grad=True)
+    memory = torch.tensor([[[0.0, 0.0, 0.0], [1e-6, 1e-6, 1e-6], [3.0, -1.0, 2.0]]], dtype=torch.float64,
+                          requires_grad=True)
+    sim = A.cosine_similarity(keys, memory)
+    assert (sim[0, :, 0] == 0).all() and (sim[0, 1] == 0).all()
+    (sim * torch.arange(1.0, 7.0, dtype=torch.float64).view(1, 2, 3)).sum().backward()
+    assert torch.isfinite(keys.grad).all() and torch.isfinite(memory.grad).all()
+    assert memory.grad[0, 0].abs().max() > 0  # a zero row's similarity still moves as the row does
+
+
 def test_content_addressing_focuses_on_the_matching_row():
     keys = t([0.0, 3.0])[None]
     sharp = A.content_addressing(MEMORY, keys, t([100.0])[None])

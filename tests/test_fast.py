@@ -172,32 +172,85 @@ def saturate_heads(model: NTM) -> None:
             model.heads.bias[start + model.address_size - 1] += 20.0  # gamma
 
 
-def assert_is_the_models_function_in_float64(core, variant: str, device=torch.device("cpu"),
-                                             saturate: bool = False) -> None:
-    """``core(model)`` gives NTM.forward's outputs and every parameter's gradient to 1e-10 in
-    float64, on one of VARIANTS, so any bookkeeping or calculus error shows up far above rounding."""
-    cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
+def float64_model(variant: str, device=torch.device("cpu"), *overrides: str):
+    """One of VARIANTS at SMALL's size in float64 (seed 0), its task, 3 inputs of length 4 and a
+    cotangent for the logits."""
+    cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant], *overrides)
     task = make_task(cfg.task)
     torch.manual_seed(0)
     model = make_model(cfg.model, task.input_width, task.output_width).double().to(device)
-    if saturate:
-        saturate_heads(model)
     inputs = task.sample(3, torch.Generator().manual_seed(1), length=4).inputs.double().to(device)
     cotangent = torch.randn(inputs.shape[0], 3, task.output_width, dtype=torch.float64, device=device)
+    return model, inputs, cotangent
 
-    def outputs_and_gradients(forward):
-        model.zero_grad(set_to_none=True)
-        logits = forward(inputs)
-        (logits * cotangent).sum().backward()
-        return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
-    logits_p, grads_p = outputs_and_gradients(model)
-    logits_c, grads_c = outputs_and_gradients(core(model))
+def outputs_and_gradients(model: NTM, forward, inputs, cotangent):
+    """forward(inputs), and the gradient of (logits * cotangent).sum() at each of model's parameters."""
+    model.zero_grad(set_to_none=True)
+    logits = forward(inputs)
+    (logits * cotangent).sum().backward()
+    return logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+def assert_core_is_the_models_function(core, model: NTM, inputs, cotangent, of_largest: bool = False) -> None:
+    """``core(model)`` gives NTM.forward's outputs and every parameter's gradient to 1e-10 (float64);
+    with ``of_largest``, each gradient's error to 1e-10 of its largest entry (for gradients of
+    1e7, whose rounding alone is 1e-9)."""
+    logits_p, grads_p = outputs_and_gradients(model, model, inputs, cotangent)
+    logits_c, grads_c = outputs_and_gradients(model, core(model), inputs, cotangent)
     torch.testing.assert_close(logits_c, logits_p, rtol=0, atol=1e-10)
     assert grads_c.keys() == grads_p.keys()
     for name in grads_p:
         assert grads_c[name] is not None, f"no gradient reached {name}"
-        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-10, atol=1e-10, msg=name)
+        scale = max(1.0, grads_p[name].abs().max().item()) if of_largest else 1.0
+        torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-10, atol=1e-10 * scale, msg=name)
+
+
+def assert_is_the_models_function_in_float64(core, variant: str, device=torch.device("cpu"),
+                                             saturate: bool = False) -> None:
+    """``core(model)`` gives NTM.forward's outputs and every parameter's gradient to 1e-10 in
+    float64, on one of VARIANTS, so any bookkeeping or calculus error shows up far above rounding."""
+    model, inputs, cotangent = float64_model(variant, device)
+    if saturate:
+        saturate_heads(model)
+    assert_core_is_the_models_function(core, model, inputs, cotangent)
+
+
+def assert_small_and_zero_rows_keep_eq_6(core, first_similarities, device=torch.device("cpu")) -> None:
+    """Cosine similarity (eq. 6, §3.3.1) at small and zero vectors, in float64, through a
+    hand-written core: a learned memory of rows of 1e-6 (squared norm 6e-12 in 6 columns) with one
+    row exactly zero, the heads' layer zeroed so every step's keys are its bias, the first head's
+    key positive and the second's exactly zero. At the first step the core's saved similarities
+    (its workspace, native.cpp's Work: ``first_similarities(saved, B, H, X)`` gives it, (B, H, X)
+    with the N similarities first) are the true cosine to 1e-6 for the small rows and 0 for
+    the zero row and the zero key; the logits and every gradient are finite and the model's to
+    1e-10 (of each gradient's largest entry)."""
+    model, inputs, cotangent = float64_model("lstm, 2 layers, 2 heads each", device, "model.memory_init=learned")
+    N, M, A = model.N, model.M, model.address_size
+    key = torch.linspace(0.2, 1.0, M, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        model.memory0.fill_(1e-6)
+        model.memory0[3] = 0.0
+        model.heads.weight.zero_()
+        model.heads.bias[:M] = key
+        model.heads.bias[A:A + M] = 0.0
+    forward = core(model)
+    saved = []
+    run_forward = forward.run_forward
+    forward.run_forward = lambda *args: saved.append(run_forward(*args)) or saved[-1]
+    logits, grads = outputs_and_gradients(model, forward, inputs, cotangent)
+    H, X = model.R + model.W, 4 * N + model.K + 4
+    similarity = first_similarities(saved[0], inputs.shape[1], H, X)[..., :N]  # (B, H, N) at t = 0
+    exact = key.sum() / (key.norm() * M ** 0.5)  # a constant row's cosine with the key
+    small = [i for i in range(N) if i != 3]
+    torch.testing.assert_close(similarity[:, 0, small], exact.expand(3, N - 1), rtol=1e-6, atol=0)
+    assert (similarity[:, 0, 3] == 0).all() and (similarity[:, 1] == 0).all()
+    assert torch.isfinite(logits).all()
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+    assert grads["memory0"][3].abs().max() > 0  # the zero row's gradient is there, and finite
+    # a zero key against rows of 1e-6 has gradient row / COSINE_EPS, about 1e6 per unit of d sim
+    assert_core_is_the_models_function(core, model, inputs, cotangent, of_largest=True)
 
 
 @pytest.mark.parametrize("core", [SequenceNTM, NativeNTM], ids=["sequence", "native"])
@@ -212,6 +265,14 @@ def test_sequence_cores_are_exactly_the_models_function_in_float64(variant, core
 @pytest.mark.parametrize("core", [SequenceNTM, NativeNTM], ids=["sequence", "native"])
 def test_sequence_cores_are_the_models_function_at_saturated_heads(core):
     assert_is_the_models_function_in_float64(core, "lstm, 2 layers, 2 heads each", saturate=True)
+
+
+def test_native_core_keeps_eq_6_at_small_and_zero_rows():
+    def first_similarities(saved, B, H, X):  # one work unit, whose first B rows are its samples at t = 0
+        assert B <= ntm_native.SAMPLES_PER_UNIT
+        return saved[6][:B].view(B, H, X)
+
+    assert_small_and_zero_rows_keep_eq_6(NativeNTM, first_similarities)
 
 
 def test_unknown_core_is_refused():

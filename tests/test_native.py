@@ -1,16 +1,213 @@
-"""The native core's build (fast/native.py): a first use on a machine builds it, silently for 30 to
-90 s, so it says so first; later uses load the cached build and say nothing."""
+"""The native CPU core (ntm_experiments/fast/native.py, native.cpp): its build says so before it
+starts; its work units and its stacked form: K runs in one call compute each model's own function
+and gradients; a run's results are bitwise the same in any stack and on any number of threads."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+import torch
 from torch.utils import cpp_extension
 
-from ntm_experiments.fast.native import SOURCE, load_extension
+from conftest import compose_config, graves_rmsprop
+from test_fast import SMALL, VARIANTS, build
+from ntm_experiments.fast import FastStep
+from ntm_experiments.fast import native as ntm_native
+from ntm_experiments.fast.native import SOURCE, NativeNTM, StackedNativeNTM, load_extension
+from ntm_experiments.models import make_model
+from ntm_experiments.tasks import make_task
+
+STACKED_VARIANTS = ["lstm, 2 layers, 2 heads each", "ff, 3 layers, 1 read 3 write heads"]
+
+
+def stack_of_models(variant: str, runs: int, batch_size: int, dtype=torch.float64, length: int = 4):
+    """``runs`` models of one of test_fast's VARIANTS, each from its own seed (so their weights
+    differ), inputs (K, T, B, I) with each run's own sequences, and a cotangent (K, T, B, O)."""
+    cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
+    task = make_task(cfg.task)
+    models = []
+    for run in range(runs):
+        torch.manual_seed(run)
+        models.append(make_model(cfg.model, task.input_width, task.output_width).to(dtype))
+    generator = torch.Generator().manual_seed(1)
+    inputs = torch.stack([task.sample(batch_size, generator, length=length).inputs for _ in range(runs)]).to(dtype)
+    cotangent = torch.randn(*inputs.shape[:3], task.output_width, generator=generator, dtype=torch.float64).to(dtype)
+    return models, inputs, cotangent
+
+
+def run_and_gradients(models, forward, inputs, cotangent):
+    """forward(inputs) and, per model, the gradient of (logits * cotangent).sum() at its parameters."""
+    for model in models:
+        model.zero_grad(set_to_none=True)
+    logits = forward(inputs)
+    (logits * cotangent).sum().backward()
+    return logits.detach(), [{n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad} for m in models]
+
+
+def plain(models):
+    return lambda inputs: torch.stack([model(x) for model, x in zip(models, inputs)])
+
+
+@pytest.mark.parametrize("samples_per_unit", [8, 3])
+@pytest.mark.parametrize("variant", STACKED_VARIANTS)
+def test_stacked_core_is_each_models_function_in_float64(variant, samples_per_unit):
+    """Three runs of different weights and data, 10 samples each (units of 8 + 2, or 3 + 3 + 3 + 1
+    samples, so a run's weight gradients are the sum of several units'): each run's logits and
+    each of its model's gradients are NTM.forward's and autograd's to 1e-10."""
+    models, inputs, cotangent = stack_of_models(variant, runs=3, batch_size=10)
+    core = StackedNativeNTM(models)
+    core.samples_per_unit = samples_per_unit
+    logits_p, grads_p = run_and_gradients(models, plain(models), inputs, cotangent)
+    logits_c, grads_c = run_and_gradients(models, core, inputs, cotangent)
+    assert logits_c.shape == inputs.shape[:3] + (logits_p.shape[-1],)
+    torch.testing.assert_close(logits_c, logits_p, rtol=0, atol=1e-10)
+    for run, (mine, theirs) in enumerate(zip(grads_c, grads_p)):
+        assert mine.keys() == theirs.keys()
+        for name in theirs:
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-10, atol=1e-10, msg=f"run {run}: {name}")
+    assert not torch.equal(grads_c[0]["heads.weight"], grads_c[1]["heads.weight"])  # the runs are not one run
+
+
+@pytest.mark.parametrize("variant", STACKED_VARIANTS)
+def test_a_run_in_a_stack_is_bitwise_the_run_alone(variant):
+    """float32: run k of a stack of 3 gives the same logits and gradients, bit for bit, as the
+    same model in a stack of one and as NativeNTM (the single-run core, also a stack of one)."""
+    models, inputs, cotangent = stack_of_models(variant, runs=3, batch_size=10, dtype=torch.float32)
+    logits, grads = run_and_gradients(models, StackedNativeNTM(models), inputs, cotangent)
+    for run, model in enumerate(models):
+        alone = run_and_gradients([model], StackedNativeNTM([model]), inputs[run:run + 1], cotangent[run:run + 1])
+        single = run_and_gradients([model], NativeNTM(model), inputs[run], cotangent[run])
+        for other_logits, other_grads in ((alone[0][0], alone[1][0]), (single[0], single[1][0])):
+            assert torch.equal(logits[run], other_logits), f"run {run}: logits"
+            for name, grad in grads[run].items():
+                assert torch.equal(grad, other_grads[name]), f"run {run}: {name}"
+
+
+@pytest.mark.parametrize("variant", STACKED_VARIANTS)
+def test_native_results_do_not_depend_on_the_thread_count(variant):
+    """float32, 20 samples (units of 8, 8 and 4): one thread or two, the same logits and gradients
+    bit for bit, for one run and for a stack, so a config and seed give one curve on any machine."""
+    models, inputs, cotangent = stack_of_models(variant, runs=2, batch_size=20, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results[count] = (run_and_gradients(models[:1], NativeNTM(models[0]), inputs[0], cotangent[0]),
+                              run_and_gradients(models, StackedNativeNTM(models), inputs, cotangent))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(results[1], results[2]):
+        assert torch.equal(one[0], two[0])
+        for grads_one, grads_two in zip(one[1], two[1]):
+            for name in grads_one:
+                assert torch.equal(grads_one[name], grads_two[name]), name
+
+
+def test_stacked_core_takes_only_one_structure_and_its_own_stack():
+    models, inputs, _ = stack_of_models("lstm, 2 layers, 2 heads each", runs=2, batch_size=2)
+    others, _, _ = stack_of_models("ff, 3 layers, 1 read 3 write heads", runs=1, batch_size=2)
+    with pytest.raises(ValueError, match="model 1 differs in structure from model 0"):
+        StackedNativeNTM([models[0], others[0]])
+    with pytest.raises(ValueError, match="needs at least one model"):
+        StackedNativeNTM([])
+    with pytest.raises(ValueError, match=r"inputs must be \(K=2, T, B, I\)"):
+        StackedNativeNTM(models)(inputs[0])
+
+
+def test_work_units_are_a_fixed_number_of_samples():
+    """The slice size is a constant, not a function of the thread count or the batch."""
+    assert isinstance(ntm_native.SAMPLES_PER_UNIT, int) and ntm_native.SAMPLES_PER_UNIT >= 1
+    assert NativeNTM.samples_per_unit == StackedNativeNTM.samples_per_unit == ntm_native.SAMPLES_PER_UNIT
+
+
+def test_fast_step_runs_aten_on_one_thread_and_the_native_core_on_the_given_threads(monkeypatch):
+    """FastStep's native steps: ATen single-threaded around the core (no OpenMP region outside it
+    that a parked thread could stall), the core on the threads torch was given, torch's count
+    restored after each half."""
+    _, task, model, params = build("copy", "ntm_lstm")
+    seen = []
+    run_forward = NativeNTM.run_forward
+
+    def recording(self, *args):
+        seen.append((torch.get_num_threads(), ntm_native.core_threads()))
+        return run_forward(self, *args)
+
+    monkeypatch.setattr(NativeNTM, "run_forward", recording)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        fast = FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"))
+        fast.forward_backward(task.sample(4, torch.Generator().manual_seed(1)))
+        assert torch.get_num_threads() == 2
+        fast.update(0.01)
+        assert torch.get_num_threads() == 2
+        with ntm_native.aten_on_one_thread():
+            with ntm_native.aten_on_one_thread():  # nested: the outer count stays the core's
+                assert (torch.get_num_threads(), ntm_native.core_threads()) == (1, 2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [(1, 2)]
+
+
+def test_fast_training_steps_are_the_same_on_one_and_two_threads():
+    """Three FastStep training steps (native core, 20 samples: three work units) from the same
+    seed on one thread and on two: the same costs and weights, bit for bit."""
+    results = {}
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            _, task, model, params = build("repeat_copy", "ntm_lstm")
+            fast = FastStep(model, task, graves_rmsprop(params), params, torch.device("cpu"))
+            generator = torch.Generator().manual_seed(5)
+            costs = []
+            for _ in range(3):
+                cost, _ = fast.forward_backward(task.sample(20, generator))
+                fast.update(0.01)
+                costs.append(cost)
+            results[count] = (costs, [p.detach().clone() for p in params])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(results[1][0], results[2][0]))
+    assert all(torch.equal(a, b) for a, b in zip(results[1][1], results[2][1]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_native_core_runs_in_a_forked_child_after_its_threads_started():
+    """The core's own threads (native.cpp's UnitPool) do not survive a fork: a child forked after
+    the parent started them (a sweep's forked jobs) runs the core, with the same result, instead
+    of waiting for threads that are not there."""
+    models, inputs, cotangent = stack_of_models("lstm, 2 layers, 2 heads each", runs=2, batch_size=10,
+                                                dtype=torch.float32)
+    core = StackedNativeNTM(models)
+    core.threads = 2  # two units a run, two threads: the pool's thread starts here
+    expected = run_and_gradients(models, core, inputs, cotangent)
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the core ran and agreed
+        code = 1
+        try:
+            again = run_and_gradients(models, core, inputs, cotangent)
+            code = 0 if torch.equal(again[0], expected[0]) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung in the native core")
 
 
 def test_a_build_is_announced_before_it_starts_and_a_cached_load_is_not(tmp_path, monkeypatch, caplog):

@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("triton")  # an optional dependency of the package (the test extra installs it)
 
 from conftest import compose_config, graves_rmsprop  # noqa: E402
-from test_fast import VARIANTS, assert_is_the_models_function_in_float64, assert_steps_agree, build  # noqa: E402
+from test_fast import (VARIANTS, assert_is_the_models_function_in_float64, assert_small_and_zero_rows_keep_eq_6,  # noqa: E402
+                       assert_steps_agree, build)
 from ntm_experiments.fast import FastStep, PlainStep  # noqa: E402
 from ntm_experiments.run_state import build_run  # noqa: E402
 from ntm_experiments.fast.triton import TritonNTM  # noqa: E402
@@ -28,6 +29,10 @@ def test_fused_core_is_exactly_the_models_function_in_float64(variant):
 def test_fused_core_is_the_models_function_at_saturated_heads():
     """As tests/test_fast.py's saturated case: softplus past its threshold, saturated gates."""
     assert_is_the_models_function_in_float64(TritonNTM, "lstm, 2 layers, 2 heads each", DEVICE, saturate=True)
+
+
+def test_fused_core_keeps_eq_6_at_small_and_zero_rows():
+    assert_small_and_zero_rows_keep_eq_6(TritonNTM, lambda saved, B, H, X: saved[5][0], DEVICE)
 
 
 @pytest.mark.parametrize("task_name, model_name", [("repeat_copy", "ntm_lstm"), ("associative_recall", "ntm_ff")])

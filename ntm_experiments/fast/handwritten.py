@@ -19,7 +19,8 @@ from .recurrence import SequenceCore
 class _HandwrittenRecurrence(torch.autograd.Function):
     """x_projection (T, B, G), the initial state (controller tensors, reads (B, R, M), read and
     write weightings (B, R|W, N), memory (B, N, M)) and the loop's (weight, bias) pairs ->
-    hidden (T, B, C), read vectors (T, B, R M)."""
+    hidden (T, B, C), read vectors (T, B, R M). A stacked core (native.py's StackedNativeNTM)
+    gives every tensor a leading runs dimension, (K, T, B, G) and so on."""
 
     @staticmethod
     def forward(ctx, core: "HandwrittenCore", n_state: int, x_projection, *tensors):
@@ -29,9 +30,8 @@ class _HandwrittenRecurrence(torch.autograd.Function):
         flat_linears = tensors[n_state:]
         weights = [w.contiguous() for w in flat_linears[0::2]]
         biases = [b.contiguous() for b in flat_linears[3::2]]
-        B = x_projection.shape[1]
-        saved = core.run_forward(x_projection.contiguous(), controller, reads.reshape(B, -1).contiguous(),
-                                 torch.cat([read_weights, write_weights], dim=1).contiguous(), memory.contiguous(),
+        saved = core.run_forward(x_projection.contiguous(), controller, reads.flatten(-2).contiguous(),
+                                 torch.cat([read_weights, write_weights], dim=-2).contiguous(), memory.contiguous(),
                                  weights, biases)
         ctx.core, ctx.saved, ctx.weights, ctx.n_controller = core, saved, weights, n_controller
         return saved[0], saved[1]
@@ -44,10 +44,9 @@ class _HandwrittenRecurrence(torch.autograd.Function):
         n = ctx.n_controller
         d_x_projection, d_controller = grads[0], grads[1:1 + n]
         d_reads0, d_weights0, d_memory0 = grads[1 + n:4 + n]
-        B = d_reads0.shape[0]
         d_linears = [grads[4 + n], None, *grads[5 + n:]]  # layer 0 has no bias here
-        return (None, None, d_x_projection, *d_controller, d_reads0.view(B, model.R, model.M),
-                d_weights0[:, :model.R], d_weights0[:, model.R:], d_memory0, *d_linears)
+        return (None, None, d_x_projection, *d_controller, d_reads0.unflatten(-1, (model.R, model.M)),
+                d_weights0[..., :model.R, :], d_weights0[..., model.R:, :], d_memory0, *d_linears)
 
 
 class HandwrittenCore(SequenceCore):

@@ -1,28 +1,40 @@
 // The NTM's recurrent core over a whole sequence on the CPU, forward and backward, written by
-// hand: the fast path's "native" core (native.py, beside this file, builds and loads it).
+// hand: the fast path's "native" core (native.py, beside this file, builds and loads it), for a
+// stack of independent runs (one run is a stack of one).
 //
 // It computes what NTM.forward computes between the input layer and the output layer, for every
 // time step: the controller's recurrent layers, the heads' linear layer, addressing (eqs. 5-9,
 // §3.3), read (eq. 2, §3.1) and erase/add write (eqs. 3-4, §3.2). The backward is the exact
 // gradient of that function from the forward's saved intermediates: nothing is recomputed, and
-// each weight's gradient is one GEMM over all T B rows after the reverse loop.
+// each weight's gradient is one GEMM per work unit over its T n rows after the reverse loop.
 //
 // Why by hand: per time step the compiled (torch.compile) step spends most of its time in the
 // wrappers around a few small kernels, not in arithmetic. Here a whole sequence is one call: the
-// GEMMs go to ATen (MKL/oneDNN), everything else is plain loops over one sample's memory, the
-// samples of a batch spread over threads (at::parallel_for).
+// GEMMs go straight to the BLAS (MKL), everything else is plain loops over one sample's memory.
+//
+// Threads: the unit of work is (run, a fixed slice of its samples), carried by one thread from
+// the first time step to the last (forward) and back (backward); see "work units" below.
 //
 // Shapes: T time steps, B batch, C controller cells, L controller layers, R read and W write
 // heads (H = R + W, read heads first), N memory rows, M row width, K = 2S + 1 shifts,
-// A = M + 3 + K addressing parameters per head, P = H A + 2 W M heads' outputs.
+// A = M + 3 + K addressing parameters per head, P = H A + 2 W M heads' outputs; every tensor
+// of the interface has a leading runs dimension.
 // Per head its A parameters are [key (M), beta, gate, shift logits (K), gamma] (raw, before
 // their activations), then per write head [erase (M), add (M)] (NTM.memory_step's layout).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <pthread.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <type_traits>
 #include <vector>
 
 // glibc's vector math library (libmvec) has SIMD versions of exp, log and tanh, but its header
@@ -49,10 +61,11 @@ double tanh(double) noexcept;
 
 namespace {
 
-constexpr double kEps = 1e-8;       // ntm_experiments.addressing.EPS
+constexpr double kEps = 1e-8;       // ntm_experiments.addressing.EPS (the sharpening's log)
+constexpr double kCosEps = 1e-12;   // ntm_experiments.addressing.COSINE_EPS (eq. 6's denominator)
 
 struct Dims {
-  int64_t T, B, C, L, R, W, H, N, M, K, S, A, P, X;
+  int64_t runs, T, B, C, L, R, W, H, N, M, K, S, A, P, X;
   bool lstm;
 };
 
@@ -128,7 +141,7 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
     for (int64_t m = 0; m < M; ++m) sq += p[m] * p[m];
-    wk[o.kn] = std::sqrt(sq + T(kEps));        // key norm
+    wk[o.kn] = std::sqrt(sq);                  // key norm
     wk[o.beta] = softplus(p[M]);               // key strength >= 0
     wk[o.gate] = sigmoid(p[M + 1]);            // interpolation gate in (0, 1)
     wk[o.gamma] = T(1) + softplus(p[M + 2 + K]);  // sharpening >= 1
@@ -136,19 +149,20 @@ void memory_forward(const Dims& d, const Work& o, const T* mem, const T* wprev, 
     for (int64_t k = 0; k < K; ++k) s[k] = p[M + 2 + k];
     softmax_inplace(s, K);                     // shift distribution over -S..S
   }
-  for (int64_t i = 0; i < N; ++i) {            // row norms sqrt(|M(i)|^2 + EPS), cosine similarities (eq. 6)
+  // row norms, cosine similarities k.M(i) / (|k| |M(i)| + COSINE_EPS) (eq. 6)
+  for (int64_t i = 0; i < N; ++i) {
     const T* row = mem + i * M;
     T sq = 0;
 #pragma omp simd reduction(+ : sq)
     for (int64_t m = 0; m < M; ++m) sq += row[m] * row[m];
-    rn[i] = std::sqrt(sq + T(kEps));
+    rn[i] = std::sqrt(sq);
     for (int64_t h = 0; h < H; ++h) {
       const T* key = par + h * A;
       T* wk = work + h * X;
       T dot = 0;
 #pragma omp simd reduction(+ : dot)
       for (int64_t m = 0; m < M; ++m) dot += key[m] * row[m];
-      wk[o.sim + i] = dot / (wk[o.kn] * rn[i]);
+      wk[o.sim + i] = dot / (wk[o.kn] * rn[i] + T(kCosEps));
     }
   }
   for (int64_t h = 0; h < H; ++h) {
@@ -314,18 +328,22 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
     dp[M] = dbeta * softplus_grad(p[M]);
     for (int64_t m = 0; m < M; ++m) dp[m] = 0;
   }
-  // cosine similarity (eq. 6), every head, a row at a time: sim(i) = k.M(i) / (|k| |M(i)|)
+  // cosine similarity (eq. 6), every head, a row at a time: sim(i) = k.M(i) / D, D = |k| |M(i)| + COSINE_EPS.
+  // d sim / d k = M(i) / D - sim |M(i)| / D k / |k|, and alike for the row; k / |k| is taken as 0 at
+  // k = 0 (the norm's gradient there, as torch.linalg.vector_norm takes it).
   for (int64_t i = 0; i < N; ++i) {
     const T* row = mem + i * M;
     T* drow = dmem + i * M;
-    const T inv_rn = T(1) / rn[i];
+    const T rni = rn[i];
+    const T inv_rn = rni > T(0) ? T(1) / rni : T(0);
     for (int64_t h = 0; h < H; ++h) {
       const T* key = par + h * A;
       const T* wk = work + h * X;
       T* dkey = dpar + h * A;
-      const T inv_kn = T(1) / wk[o.kn], dsim = dsim_all[h * N + i], sim = wk[o.sim + i];
-      const T inv = inv_kn * inv_rn;
-      const T on_key = dsim * sim * inv_kn * inv_kn, on_row = dsim * sim * inv_rn * inv_rn;
+      const T kn = wk[o.kn], dsim = dsim_all[h * N + i], sim = wk[o.sim + i];
+      const T inv_kn = kn > T(0) ? T(1) / kn : T(0);
+      const T inv = T(1) / (kn * rni + T(kCosEps));
+      const T on_key = dsim * sim * inv * rni * inv_kn, on_row = dsim * sim * inv * kn * inv_rn;
 #pragma omp simd
       for (int64_t m = 0; m < M; ++m) {
         dkey[m] += dsim * row[m] * inv - on_key * key[m];
@@ -335,314 +353,607 @@ void memory_backward(const Dims& d, const Work& o, const T* mem, const T* wprev,
   }
 }
 
+// ------------------------------------------------------------------ matrix products
+// Row-major GEMMs on raw pointers, for one work unit's few rows. They call the BLAS that torch
+// itself uses (MKL's sgemm_/dgemm_, exported by libtorch_cpu), one thread each: a unit runs on one
+// thread from start to end, and a GEMM's rounding must not depend on how many threads MKL would
+// otherwise take (for long reductions it does: the weight gradients over T n rows). Where torch
+// was built without those symbols, the same products go through ATen.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*, const int*,
+            const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+}
+
+// BLAS is column-major: a row-major (rows x cols) matrix with leading dimension ld is its
+// transpose. blas(ta, tb, ...) computes C' = beta C' + op(A') op(B') on those column-major views.
+template <typename T>
+void blas(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+          T beta, T* c, int64_t ldc) {
+  const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
+  const int LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>) sgemm_(&ta, &tb, &M, &N, &K, &one, a, &LDA, b, &LDB, &beta, c, &LDC);
+  else dgemm_(&ta, &tb, &M, &N, &K, &one, a, &LDA, b, &LDB, &beta, c, &LDC);
+}
+
+template <typename T> bool have_blas() {
+  if constexpr (std::is_same_v<T, float>) return sgemm_ != nullptr;
+  else return dgemm_ != nullptr;
+}
+
+// a row-major (rows x cols) matrix at p with leading dimension ld, as a tensor that does not own it
+template <typename T> at::Tensor matrix(const T* p, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<T*>(p), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// C (m x n) = beta C + A (m x k) B^T, B (n x k): a linear layer's rows
+template <typename T>
+void gemm_nt(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+             int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (have_blas<T>()) return blas<T>('T', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  auto out = matrix(c, m, n, ldc);
+  out.copy_(at::addmm(out, matrix(a, m, k, lda), matrix(b, n, k, ldb).t(), beta, 1));
+}
+
+// C (m x n) = beta C + A (m x k) B, B (k x n): a gradient back through a linear layer
+template <typename T>
+void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c,
+             int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (have_blas<T>()) return blas<T>('N', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  auto out = matrix(c, m, n, ldc);
+  out.copy_(at::addmm(out, matrix(a, m, k, lda), matrix(b, k, n, ldb), beta, 1));
+}
+
+// C (m x n) = A^T B, A (k x m), B (k x n): a weight's gradient, summed over k rows
+template <typename T>
+void gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (have_blas<T>()) return blas<T>('N', 'T', n, m, k, b, ldb, a, lda, T(0), c, ldc);
+  matrix(c, m, n, ldc).copy_(at::mm(matrix(a, k, m, lda).t(), matrix(b, k, n, ldb)));
+}
+
+// MKL's threads for the calling thread only, restored on leaving
+struct OneBlasThread {
+  int previous = 0;
+  OneBlasThread() { if (MKL_Set_Num_Threads_Local) previous = MKL_Set_Num_Threads_Local(1); }
+  ~OneBlasThread() { if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous); }
+};
+
+// ------------------------------------------------------------------ work units
+// The unit of work is one run's contiguous slice of samples, processed from the first time step
+// to the last (forward), or the last to the first (backward), by one thread, with no barrier
+// between threads at any time step: a thread the OS parks delays only its own units. Units go
+// to whichever thread is free. A slice is a fixed number of samples (native.py's
+// SAMPLES_PER_UNIT; the last slice of a run may be shorter), so a unit's arithmetic, and every
+// result, is the same on any number of threads, and a run's is the same in any stack of runs.
+struct Unit {
+  int64_t run, b0, n;  // the run, its first sample, its samples
+};
+
+std::vector<Unit> make_units(int64_t runs, int64_t B, int64_t slice) {
+  std::vector<Unit> units;
+  for (int64_t k = 0; k < runs; ++k)
+    for (int64_t b0 = 0; b0 < B; b0 += slice) units.push_back({k, b0, std::min(slice, B - b0)});
+  return units;
+}
+
+// The core's own threads, asleep between calls. Not OpenMP's: libgomp's threads spin at every
+// region's end and between regions (libgomp's GOMP_SPINCOUNT: 300,000 spins by default), which on a
+// machine that is doing something else takes the cores others need, and a waiting thread burns
+// the time slice of the thread it waits for. These sleep on a condition variable the moment
+// they have nothing to do; the calling thread works too. Created on first use, never joined
+// (detached: the process may end while they sleep); a forked child starts a pool of its own.
+class UnitPool {
+ public:
+  // job() on the calling thread and on up to `helpers` pool threads, returning when every one
+  // that started it has finished. job() must return once there is no work left: a pool thread
+  // that wakes after the caller's job() has returned does not start it, so the caller never
+  // waits for a thread the OS has not yet run.
+  void run(int64_t helpers, const std::function<void()>& job) {
+    if (helpers > 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      while (static_cast<int64_t>(threads_) < helpers) {
+        std::thread(&UnitPool::serve, this).detach();
+        ++threads_;
+      }
+      job_ = &job;
+      open_ = helpers;
+      ++generation_;
+      wake_.notify_all();
+    }
+    job();
+    if (helpers > 0) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      open_ = 0;  // no late starts
+      done_.wait(lock, [&] { return running_ == 0; });
+      job_ = nullptr;
+    }
+  }
+
+  static UnitPool& instance() {
+    static const int registered = pthread_atfork(nullptr, nullptr, [] { pool_ = new UnitPool(); });
+    (void)registered;
+    return *pool_;
+  }
+
+ private:
+  void serve() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return generation_ != seen && open_ > 0; });
+      seen = generation_;
+      --open_;
+      ++running_;
+      const std::function<void()>* job = job_;
+      lock.unlock();
+      (*job)();
+      lock.lock();
+      if (--running_ == 0) done_.notify_all();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void()>* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int64_t open_ = 0, running_ = 0;
+  size_t threads_ = 0;
+  static UnitPool* pool_;  // never deleted: its threads may outlive main
+};
+
+UnitPool* UnitPool::pool_ = new UnitPool();
+
+// f(u) for every unit u on up to `threads` threads (at most one per unit), each taking the next
+// unit when it is free. ATen calls inside run single-threaded (MKL's local thread count is 1).
+template <typename F> void for_each_unit(int64_t count, int64_t threads, const F& f) {
+  const int64_t workers = std::min<int64_t>(count, threads > 0 ? threads : at::get_num_threads());
+  std::atomic<int64_t> next{0};
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
+  const std::function<void()> work = [&] {
+    OneBlasThread one;
+    try {
+      for (int64_t u = next++; u < count; u = next++) f(u);
+    } catch (...) {
+      if (!failed.test_and_set()) error = std::current_exception();
+      next = count;  // the others stop at their next unit
+    }
+  };
+  UnitPool::instance().run(workers - 1, work);
+  if (error) std::rethrow_exception(error);
+}
+
 // ------------------------------------------------------------------ buffers
-// The forward returns [hidden (T, B, C), reads (T, B, R M), then what the backward needs]:
-//   params (T, B, P), memory (T+1, B, N, M), weightings (T+1, B, H, N), work (T, B, H, X),
-//   row norms (T, B, N), then per controller layer l:
-//     LSTM: input (T+1, B, in_l + C) = [reads or h_{l-1} at t, own h at t-1] (row T: the last
-//           h and reads), gate activations (T, B, 4C) = [i, f, g, o], cell (T+1, B, C),
-//           tanh of the cell (T, B, C);
-//     FF:   input (T+1, B, in_l) (layer 0: reads at t-1; others: h_{l-1} at t), output (T, B, C).
-constexpr int64_t kFixed = 7;
+// Every tensor has a leading runs dimension: each run its own sequence, state and weights.
+// The forward returns [hidden (runs, T, B, C), reads (runs, T, B, R M), then what the backward
+// needs]: [runs, B, slice] (int64), then, each unit's rows together (unit-major: unit after unit
+// in order, within a unit time step after time step, within a step its samples; as 2-D tensors
+// (rows, width)):
+//   params (T rows a sample, P), memory (T+1, N M), weightings (T+1, H N), work (T, H X),
+//   row norms (T, N), then per controller layer l:
+//     LSTM: input (T+1, in_l + C) = [reads or h_{l-1} at t, own h at t-1] (row T: the last
+//           h and reads), gate activations (T, 4C) = [i, f, g, o], cell (T+1, C),
+//           tanh of the cell (T, C);
+//     FF:   input (T+1, in_l) (layer 0: reads at t-1; others: h_{l-1} at t), output (T, C).
+constexpr int64_t kFixed = 8;
 
 inline int64_t layer_slots(bool lstm) { return lstm ? 4 : 2; }
 
-Dims make_dims(const at::Tensor& x_proj, const at::Tensor& memory0, const at::Tensor& weights0,
-               int64_t R, int64_t W, int64_t K, int64_t C, int64_t L, bool lstm) {
+template <typename T> inline T* ptr(const at::Tensor& t) { return t.data_ptr<T>(); }
+
+Dims make_dims(int64_t runs, int64_t T_, int64_t B, int64_t N, int64_t M, int64_t R, int64_t W, int64_t K, int64_t C,
+               int64_t L, bool lstm) {
   Dims d;
-  d.T = x_proj.size(0); d.B = x_proj.size(1); d.C = C; d.L = L; d.R = R; d.W = W; d.H = R + W;
-  d.N = memory0.size(1); d.M = memory0.size(2); d.K = K; d.S = K / 2;
+  d.runs = runs; d.T = T_; d.B = B; d.C = C; d.L = L; d.R = R; d.W = W; d.H = R + W;
+  d.N = N; d.M = M; d.K = K; d.S = K / 2;
   d.A = d.M + 3 + K; d.P = d.H * d.A + 2 * W * d.M; d.X = Work::size(d.N, K); d.lstm = lstm;
-  TORCH_CHECK(weights0.size(1) == d.H && weights0.size(2) == d.N, "weightings must be (B, R+W, N)");
-  TORCH_CHECK(2 * d.S < d.N, "shift range must be below N/2");
   return d;
 }
 
-template <typename T> inline T* ptr(const at::Tensor& t) { return t.data_ptr<T>(); }
+// where unit u's rows of a unit-major buffer with `steps` rows a sample of `width` values start
+template <typename T> inline T* unit_rows(const at::Tensor& t, const Dims& d, const Unit& u, int64_t steps,
+                                          int64_t width) {
+  return ptr<T>(t) + (u.run * d.B + u.b0) * steps * width;
+}
 
-// grain sizes: a chunk of samples worth spreading over threads
-inline int64_t grain(int64_t work_per_sample) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_sample)); }
+// the width of controller layer l's input: [reads (layer 0) or h below, own h (LSTM)]
+inline int64_t below_width(const Dims& d, int64_t l) { return l == 0 ? d.R * d.M : d.C; }
+inline int64_t in_width(const Dims& d, int64_t l) { return below_width(d, l) + (d.lstm ? d.C : 0); }
+inline int64_t gate_width(const Dims& d) { return d.lstm ? 4 * d.C : d.C; }
 
+// One unit's forward over the whole sequence.
 template <typename T>
-std::vector<at::Tensor> forward_impl(const Dims& d, const at::Tensor& x_proj, const std::vector<at::Tensor>& ctrl0,
-                                     const at::Tensor& reads0, const at::Tensor& weights0, const at::Tensor& memory0,
-                                     const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias) {
-  const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H;
-  auto opts = x_proj.options();
-  auto hidden = at::empty({T_, B, C}, opts);
-  auto params = at::empty({T_, B, d.P}, opts);
-  auto memory = at::empty({T_ + 1, B, N, M}, opts);
-  auto wts = at::empty({T_ + 1, B, H, N}, opts);
-  auto work = at::empty({T_, B, H, d.X}, opts);
-  auto rnorm = at::empty({T_, B, N}, opts);
-  memory[0].copy_(memory0);
-  wts[0].copy_(weights0);
-  std::vector<at::Tensor> inputs, acts, cells, tanh_cells, outs;
-  std::vector<int64_t> in_width;
+void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const std::vector<at::Tensor>& ctrl0,
+                  const at::Tensor& reads0, const at::Tensor& weights0, const at::Tensor& memory0,
+                  const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias,
+                  const at::Tensor& hidden_out, const at::Tensor& reads_out, const std::vector<at::Tensor>& buf) {
+  const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P, X = d.X;
+  const int64_t n = u.n, k = u.run, G = gate_width(d);
+  const Work o(d);
+  T* par = unit_rows<T>(buf[0], d, u, T_, P);
+  T* mem = unit_rows<T>(buf[1], d, u, T_ + 1, N * M);
+  T* wts = unit_rows<T>(buf[2], d, u, T_ + 1, H * N);
+  T* work = unit_rows<T>(buf[3], d, u, T_, H * X);
+  T* rnorm = unit_rows<T>(buf[4], d, u, T_, N);
+  const int64_t slots = layer_slots(d.lstm);
+  std::vector<T*> in(L), act(L), cell(L), tcell(L);  // act: LSTM gate activations; FF layer outputs
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t below = l == 0 ? RM : C;
-    const int64_t width = d.lstm ? below + C : below;
-    in_width.push_back(below);
-    inputs.push_back(at::empty({T_ + 1, B, width}, opts));
+    const at::Tensor* lb = &buf[5 + slots * l];
+    in[l] = unit_rows<T>(lb[0], d, u, T_ + 1, in_width(d, l));
+    act[l] = unit_rows<T>(lb[1], d, u, T_, G);
     if (d.lstm) {
-      acts.push_back(at::empty({T_, B, 4 * C}, opts));
-      cells.push_back(at::empty({T_ + 1, B, C}, opts));
-      tanh_cells.push_back(at::empty({T_, B, C}, opts));
-      inputs[l][0].narrow(1, below, C).copy_(ctrl0[2 * l]);
-      cells[l][0].copy_(ctrl0[2 * l + 1]);
-    } else {
-      outs.push_back(l == L - 1 ? hidden : at::empty({T_, B, C}, opts));
+      cell[l] = unit_rows<T>(lb[2], d, u, T_ + 1, C);
+      tcell[l] = unit_rows<T>(lb[3], d, u, T_, C);
     }
   }
-  inputs[0][0].narrow(1, 0, RM).copy_(reads0);
-  const Work o(d);
-  const at::Tensor& heads_w = weight[L];
-  const at::Tensor& heads_b = bias[L - 1];
-  const int64_t scratch_size = (d.W + 2) * M;
-  auto scratch = at::empty({B, scratch_size}, opts);
+  // the initial state: memory, weightings, reads, the controller's h and c
+  const int64_t first = k * B + u.b0;  // the unit's first sample among all runs' samples
+  std::copy_n(ptr<T>(memory0) + first * N * M, n * N * M, mem);
+  std::copy_n(ptr<T>(weights0) + first * H * N, n * H * N, wts);
+  for (int64_t j = 0; j < n; ++j) {
+    std::copy_n(ptr<T>(reads0) + (first + j) * RM, RM, in[0] + j * in_width(d, 0));
+    for (int64_t l = 0; d.lstm && l < L; ++l) {
+      std::copy_n(ptr<T>(ctrl0[2 * l]) + (first + j) * C, C, in[l] + j * in_width(d, l) + below_width(d, l));
+      std::copy_n(ptr<T>(ctrl0[2 * l + 1]) + (first + j) * C, C, cell[l] + j * C);
+    }
+  }
+  const T* xp = ptr<T>(x_proj);
+  const T* heads_w = ptr<T>(weight[L]) + k * P * C;
+  const T* heads_b = ptr<T>(bias[L - 1]) + k * P;
+  std::vector<T> scratch((d.W + 2) * M);
+  const int64_t in0 = in_width(d, 0);
   for (int64_t t = 0; t < T_; ++t) {
-    // controller
+    const int64_t conv = (k * T_ + t) * B + u.b0;  // the unit's first row in (runs, T, B, .) tensors
+    // controller: pre-activations = [x projection (layer 0) or bias] + input W^T, then the nonlinearity
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t below = in_width[l];
-      const at::Tensor in_t = inputs[l][t];
-      if (d.lstm) {
-        at::Tensor gates = acts[l][t];  // pre-activations, then activations in place
-        if (l == 0) at::addmm_out(gates, x_proj[t], in_t, weight[0].t());
-        else at::addmm_out(gates, bias[l - 1], in_t, weight[l].t());
-        T* g = ptr<T>(gates);
-        const T* c_prev = ptr<T>(cells[l]) + t * B * C;
-        T* c_new = ptr<T>(cells[l]) + (t + 1) * B * C;
-        T* tanh_c = ptr<T>(tanh_cells[l]) + t * B * C;
-        T* h_self = ptr<T>(inputs[l]) + (t + 1) * B * (below + C) + below;  // own h, next step's input
-        T* h_up = l + 1 < L ? ptr<T>(inputs[l + 1]) + t * B * 2 * C : nullptr;  // the layer above's input
-        T* h_top = l + 1 == L ? ptr<T>(hidden) + t * B * C : nullptr;
-        at::parallel_for(0, B, grain(8 * C), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            T* gb = g + b * 4 * C;
-            const T* cp = c_prev + b * C;
-            T* cn = c_new + b * C; T* tc = tanh_c + b * C; T* h = h_self + b * (below + C);
+      const int64_t width = in_width(d, l), below = below_width(d, l);
+      T* pre = act[l] + t * n * G;
+      if (l == 0) std::copy_n(xp + conv * G, n * G, pre);
+      else for (int64_t j = 0; j < n; ++j) std::copy_n(ptr<T>(bias[l - 1]) + k * G, G, pre + j * G);
+      gemm_nt<T>(n, G, width, in[l] + t * n * width, width, ptr<T>(weight[l]) + k * G * width, width, T(1), pre, G);
+      T* up = l + 1 < L ? in[l + 1] + t * n * in_width(d, l + 1) : nullptr;  // the layer above's input
+      const int64_t up_width = l + 1 < L ? in_width(d, l + 1) : 0;
+      T* top = l + 1 == L ? ptr<T>(hidden_out) + conv * C : nullptr;
+      for (int64_t j = 0; j < n; ++j) {
+        T* h;
+        if (d.lstm) {
+          T* gb = pre + j * 4 * C;
+          const T* cp = cell[l] + (t * n + j) * C;
+          T* cn = cell[l] + ((t + 1) * n + j) * C;
+          T* tc = tcell[l] + (t * n + j) * C;
+          h = in[l] + ((t + 1) * n + j) * width + below;  // own h, next step's input
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) {
-              const T i = sigmoid(gb[c]), f = sigmoid(gb[C + c]), gg = std::tanh(gb[2 * C + c]),
-                      og = sigmoid(gb[3 * C + c]);
-              gb[c] = i; gb[C + c] = f; gb[2 * C + c] = gg; gb[3 * C + c] = og;
-              cn[c] = f * cp[c] + i * gg;
-              tc[c] = std::tanh(cn[c]);
-              h[c] = og * tc[c];
-            }
-            if (h_up) std::copy(h, h + C, h_up + b * 2 * C);
-            if (h_top) std::copy(h, h + C, h_top + b * C);
+          for (int64_t c = 0; c < C; ++c) {
+            const T i = sigmoid(gb[c]), f = sigmoid(gb[C + c]), gg = std::tanh(gb[2 * C + c]),
+                    og = sigmoid(gb[3 * C + c]);
+            gb[c] = i; gb[C + c] = f; gb[2 * C + c] = gg; gb[3 * C + c] = og;
+            cn[c] = f * cp[c] + i * gg;
+            tc[c] = std::tanh(cn[c]);
+            h[c] = og * tc[c];
           }
-        });
-      } else {
-        at::Tensor out = outs[l][t];
-        if (l == 0) at::addmm_out(out, x_proj[t], in_t, weight[0].t());
-        else at::addmm_out(out, bias[l - 1], in_t, weight[l].t());
-        T* y = ptr<T>(out);
-        T* up = l + 1 < L ? ptr<T>(inputs[l + 1]) + t * B * C : nullptr;
-        at::parallel_for(0, B * C, 8192, [&](int64_t i0, int64_t i1) {
+        } else {
+          h = pre + j * C;
 #pragma omp simd
-          for (int64_t i = i0; i < i1; ++i) y[i] = std::tanh(y[i]);
-          if (up) std::copy(y + i0, y + i1, up + i0);
-        });
+          for (int64_t c = 0; c < C; ++c) h[c] = std::tanh(h[c]);
+        }
+        if (up) std::copy_n(h, C, up + j * up_width);
+        if (top) std::copy_n(h, C, top + j * C);
       }
     }
-    // heads, then the memory
-    at::Tensor par_t = params[t];
-    at::addmm_out(par_t, heads_b, hidden[t], heads_w.t());
-    const T* par = ptr<T>(par_t);
-    const T* mem = ptr<T>(memory) + t * B * N * M;
-    T* mem_new = ptr<T>(memory) + (t + 1) * B * N * M;
-    const T* wprev = ptr<T>(wts) + t * B * H * N;
-    T* w = ptr<T>(wts) + (t + 1) * B * H * N;
-    T* wk = ptr<T>(work) + t * B * H * d.X;
-    T* rn = ptr<T>(rnorm) + t * B * N;
-    const int64_t in0 = inputs[0].size(2);
-    T* reads = ptr<T>(inputs[0]) + (t + 1) * B * in0;
-    T* sc = ptr<T>(scratch);
-    at::parallel_for(0, B, grain(4 * H * N * M), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        memory_forward<T>(d, o, mem + b * N * M, wprev + b * H * N, par + b * d.P, mem_new + b * N * M,
-                          w + b * H * N, reads + b * in0, wk + b * H * d.X, rn + b * N, sc + b * scratch_size);
-    });
-  }
-  std::vector<at::Tensor> result = {hidden, inputs[0].narrow(0, 1, T_).narrow(2, 0, RM), params, memory, wts, work, rnorm};
-  for (int64_t l = 0; l < L; ++l) {
-    result.push_back(inputs[l]);
-    result.push_back(d.lstm ? acts[l] : outs[l]);
-    if (d.lstm) {
-      result.push_back(cells[l]);
-      result.push_back(tanh_cells[l]);
+    // heads: params = heads bias + top h W^T
+    T* par_t = par + t * n * P;
+    for (int64_t j = 0; j < n; ++j) std::copy_n(heads_b, P, par_t + j * P);
+    const int64_t top_width = d.lstm ? in_width(d, L - 1) : C;
+    const T* h_top = d.lstm ? in[L - 1] + (t + 1) * n * top_width + below_width(d, L - 1) : act[L - 1] + t * n * C;
+    gemm_nt<T>(n, P, C, h_top, top_width, heads_w, C, T(1), par_t, P);
+    // the memory step, a sample at a time; its reads are the next step's controller input
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t r = t * n + j, r1 = (t + 1) * n + j;
+      T* reads = in[0] + r1 * in0;
+      memory_forward<T>(d, o, mem + r * N * M, wts + r * H * N, par_t + j * P, mem + r1 * N * M, wts + r1 * H * N,
+                        reads, work + r * H * X, rnorm + r * N, scratch.data());
+      std::copy_n(reads, RM, ptr<T>(reads_out) + (conv + j) * RM);
     }
   }
+}
+
+template <typename T>
+std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threads, const at::Tensor& x_proj,
+                                     const std::vector<at::Tensor>& ctrl0, const at::Tensor& reads0,
+                                     const at::Tensor& weights0, const at::Tensor& memory0,
+                                     const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias) {
+  const int64_t T_ = d.T, rows = d.runs * d.B, C = d.C, G = gate_width(d);
+  auto opts = x_proj.options();
+  auto hidden = at::empty({d.runs, T_, d.B, C}, opts);
+  auto reads = at::empty({d.runs, T_, d.B, d.R * d.M}, opts);
+  auto meta = at::tensor({d.runs, d.B, slice}, at::kLong);
+  std::vector<at::Tensor> buf = {at::empty({rows * T_, d.P}, opts), at::empty({rows * (T_ + 1), d.N * d.M}, opts),
+                                 at::empty({rows * (T_ + 1), d.H * d.N}, opts), at::empty({rows * T_, d.H * d.X}, opts),
+                                 at::empty({rows * T_, d.N}, opts)};
+  for (int64_t l = 0; l < d.L; ++l) {
+    buf.push_back(at::empty({rows * (T_ + 1), in_width(d, l)}, opts));
+    buf.push_back(at::empty({rows * T_, G}, opts));
+    if (d.lstm) {
+      buf.push_back(at::empty({rows * (T_ + 1), C}, opts));
+      buf.push_back(at::empty({rows * T_, C}, opts));
+    }
+  }
+  const auto units = make_units(d.runs, d.B, slice);
+  for_each_unit(static_cast<int64_t>(units.size()), threads, [&](int64_t u) {
+    forward_unit<T>(d, units[u], x_proj, ctrl0, reads0, weights0, memory0, weight, bias, hidden, reads, buf);
+  });
+  std::vector<at::Tensor> result = {hidden, reads, meta};
+  result.insert(result.end(), buf.begin(), buf.end());
   return result;
+}
+
+// The gradients one unit computes: of its samples' initial state (written into the outputs in
+// place), of its x projection rows, and of every loop weight over its own rows (one GEMM each,
+// into its own slot; backward_impl sums a run's slots in order).
+template <typename T>
+void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<at::Tensor>& saved,
+                   const at::Tensor& d_hidden, const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
+                   const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& unit_grads) {
+  const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P, X = d.X;
+  const int64_t n = u.n, k = u.run, G = gate_width(d), rows = T_ * n;
+  const Work o(d);
+  const T* par = unit_rows<T>(saved[3], d, u, T_, P);
+  const T* mem = unit_rows<T>(saved[4], d, u, T_ + 1, N * M);
+  const T* wts = unit_rows<T>(saved[5], d, u, T_ + 1, H * N);
+  const T* work = unit_rows<T>(saved[6], d, u, T_, H * X);
+  const T* rnorm = unit_rows<T>(saved[7], d, u, T_, N);
+  const int64_t slots = layer_slots(d.lstm);
+  std::vector<const T*> in(L), act(L), cell(L), tcell(L);
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor* lb = &saved[kFixed + slots * l];
+    in[l] = unit_rows<T>(lb[0], d, u, T_ + 1, in_width(d, l));
+    act[l] = unit_rows<T>(lb[1], d, u, T_, G);
+    if (d.lstm) {
+      cell[l] = unit_rows<T>(lb[2], d, u, T_ + 1, C);
+      tcell[l] = unit_rows<T>(lb[3], d, u, T_, C);
+    }
+  }
+  // this unit's own buffers: gradients at the pre-activations (T n, G) per layer and at the
+  // heads' outputs (T n, P); at each layer's input (n, width) and cell (n, C), the memory and
+  // the weightings (two each: this step's and the previous step's), the top h
+  std::vector<std::vector<T>> dpre(L, std::vector<T>(rows * G)), d_in(L), dcell(L);
+  for (int64_t l = 0; l < L; ++l) {
+    d_in[l].assign(n * in_width(d, l), T(0));
+    if (d.lstm) dcell[l].assign(n * C, T(0));
+  }
+  std::vector<T> dpar(rows * P), dmem(n * N * M, T(0)), dmem_prev(n * N * M), dw(n * H * N, T(0)), dw_prev(n * H * N),
+      dh_top(n * C);
+  const int64_t scratch_size = (H + 1) * N + d.K + (3 * d.W + 2) * M + RM;
+  std::vector<T> scratch(scratch_size);
+  const T* heads_w = ptr<T>(weight[L]) + k * P * C;
+  const int64_t in0 = in_width(d, 0);
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const int64_t conv = (k * T_ + t) * B + u.b0;
+    // the memory step: its reads get the output layer's gradient and the next step's controller's
+    T* dp_t = dpar.data() + t * n * P;
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t r = t * n + j, r1 = (t + 1) * n + j;
+      T* dr = scratch.data() + scratch_size - RM;
+      const T* dr_out = ptr<T>(d_reads) + (conv + j) * RM;
+      const T* dr_next = d_in[0].data() + j * in0;  // the next step's controller input: [reads, ...]
+      for (int64_t m = 0; m < RM; ++m) dr[m] = dr_out[m] + dr_next[m];
+      memory_backward<T>(d, o, mem + r * N * M, wts + r * H * N, par + r * P, wts + r1 * H * N, work + r * H * X,
+                         rnorm + r * N, dr, dmem.data() + j * N * M, dw.data() + j * H * N,
+                         dmem_prev.data() + j * N * M, dw_prev.data() + j * H * N, dp_t + j * P, scratch.data());
+    }
+    std::swap(dmem, dmem_prev);
+    std::swap(dw, dw_prev);
+    // the heads' input is the top layer's h
+    std::copy_n(ptr<T>(d_hidden) + conv * C, n * C, dh_top.data());
+    gemm_nn<T>(n, C, P, dp_t, P, heads_w, C, T(1), dh_top.data(), C);
+    // the controller, top layer first
+    for (int64_t l = L - 1; l >= 0; --l) {
+      const int64_t width = in_width(d, l), below = below_width(d, l);
+      const T* dh_from = l == L - 1 ? dh_top.data() : d_in[l + 1].data();  // (n, C) at stride dh_stride
+      const int64_t dh_stride = l == L - 1 ? C : in_width(d, l + 1);
+      T* g = dpre[l].data() + t * n * G;
+      for (int64_t j = 0; j < n; ++j) {
+        const T* dh_j = dh_from + j * dh_stride;
+        T* gb = g + j * G;
+        if (d.lstm) {
+          const T* dh_self = d_in[l].data() + j * width + below;  // the next step's gradient at this layer's h
+          const T* a = act[l] + (t * n + j) * 4 * C;
+          const T* c_prev = cell[l] + (t * n + j) * C;
+          const T* tanh_c = tcell[l] + (t * n + j) * C;
+          T* dc = dcell[l].data() + j * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const T i = a[c], f = a[C + c], gg = a[2 * C + c], og = a[3 * C + c];
+            const T dh = dh_j[c] + dh_self[c];
+            const T tc = tanh_c[c];
+            const T dcn = dc[c] + dh * og * (T(1) - tc * tc);
+            gb[c] = dcn * gg * i * (T(1) - i);
+            gb[C + c] = dcn * c_prev[c] * f * (T(1) - f);
+            gb[2 * C + c] = dcn * i * (T(1) - gg * gg);
+            gb[3 * C + c] = dh * tc * og * (T(1) - og);
+            dc[c] = dcn * f;
+          }
+        } else {
+          const T* y = act[l] + (t * n + j) * C;
+          for (int64_t c = 0; c < C; ++c) gb[c] = dh_j[c] * (T(1) - y[c] * y[c]);
+        }
+      }
+      gemm_nn<T>(n, width, G, g, G, ptr<T>(weight[l]) + k * G * width, width, T(0), d_in[l].data(), width);
+    }
+  }
+  // the gradients at the initial state, in the outputs' rows of this unit's samples
+  const int64_t first = k * B + u.b0;
+  int64_t slot = 1;
+  for (int64_t l = 0; d.lstm && l < L; ++l) {
+    const int64_t width = in_width(d, l), below = below_width(d, l);
+    for (int64_t j = 0; j < n; ++j)
+      std::copy_n(d_in[l].data() + j * width + below, C, ptr<T>(out[slot]) + (first + j) * C);
+    std::copy_n(dcell[l].data(), n * C, ptr<T>(out[slot + 1]) + first * C);
+    slot += 2;
+  }
+  for (int64_t j = 0; j < n; ++j) std::copy_n(d_in[0].data() + j * in0, RM, ptr<T>(out[slot]) + (first + j) * RM);
+  std::copy_n(dw.data(), n * H * N, ptr<T>(out[slot + 1]) + first * H * N);
+  std::copy_n(dmem.data(), n * N * M, ptr<T>(out[slot + 2]) + first * N * M);
+  // the gradient at the x projection (runs, T, B, G)
+  for (int64_t t = 0; t < T_; ++t)
+    std::copy_n(dpre[0].data() + t * n * G, n * G, ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G);
+  // each loop weight's gradient over this unit's T n rows: [weight_0, weight_1, bias_1, ..., heads w, heads b]
+  int64_t g = 0;
+  for (int64_t l = 0; l <= L; ++l) {
+    const T* grad = l < L ? dpre[l].data() : dpar.data();
+    const int64_t out_width = l < L ? G : P;
+    const T* into;  // the layer's input rows 0..T-1 of this unit
+    int64_t width, ld;
+    if (l < L) {
+      into = in[l], width = ld = in_width(d, l);
+    } else if (d.lstm) {  // the top h at t is the top layer's input row t + 1, after the layer below's
+      ld = in_width(d, L - 1), width = C, into = in[L - 1] + n * ld + below_width(d, L - 1);
+    } else {
+      into = act[L - 1], width = ld = C;
+    }
+    gemm_tn<T>(out_width, width, rows, grad, out_width, into, ld, ptr<T>(unit_grads[g]) + ui * out_width * width,
+               width);
+    ++g;
+    if (l > 0) {  // the bias: the sum of the rows, in order
+      T* sum = ptr<T>(unit_grads[g]) + ui * out_width;
+      std::fill_n(sum, out_width, T(0));
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = grad + r * out_width;
+#pragma omp simd
+        for (int64_t c = 0; c < out_width; ++c) sum[c] += row[c];
+      }
+      ++g;
+    }
+  }
 }
 
 template <typename T>
 std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tensor>& saved, const at::Tensor& d_hidden,
-                                      const at::Tensor& d_reads, const std::vector<at::Tensor>& weight) {
-  const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P;
-  const at::Tensor &hidden = saved[0], &params = saved[2], &memory = saved[3], &wts = saved[4], &work = saved[5],
-                   &rnorm = saved[6];
-  const int64_t slots = layer_slots(d.lstm);
-  auto layer = [&](int64_t l, int64_t k) -> const at::Tensor& { return saved[kFixed + slots * l + k]; };
-  auto opts = hidden.options();
-  std::vector<at::Tensor> dpre, d_in;  // per layer: gradients at the pre-activations (T, B, G), at the input (B, width)
-  for (int64_t l = 0; l < L; ++l) {
-    dpre.push_back(at::empty({T_, B, d.lstm ? 4 * C : C}, opts));
-    d_in.push_back(at::zeros({B, layer(l, 0).size(2)}, opts));
-  }
-  std::vector<at::Tensor> dcell;
-  if (d.lstm)
-    for (int64_t l = 0; l < L; ++l) dcell.push_back(at::zeros({B, C}, opts));
-  auto dpar = at::empty({T_, B, P}, opts);
-  auto dmem = at::zeros({B, N, M}, opts), dmem_prev = at::empty({B, N, M}, opts);
-  auto dw = at::zeros({B, H, N}, opts), dw_prev = at::empty({B, H, N}, opts);
-  auto dh_top = at::empty({B, C}, opts);
-  const int64_t scratch_size = (H + 1) * N + d.K + (3 * d.W + 2) * d.M + RM;
-  auto scratch = at::empty({B, scratch_size}, opts);
-  const Work o(d);
-  const at::Tensor& heads_w = weight[L];
-  const int64_t in0 = layer(0, 0).size(2);
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    // the memory step: its reads get the output layer's gradient and the next step's controller's
-    const T* mem = ptr<T>(memory) + t * B * N * M;
-    const T* wprev = ptr<T>(wts) + t * B * H * N;
-    const T* w = ptr<T>(wts) + (t + 1) * B * H * N;
-    const T* par = ptr<T>(params) + t * B * P;
-    const T* wk = ptr<T>(work) + t * B * H * d.X;
-    const T* rn = ptr<T>(rnorm) + t * B * N;
-    const T* dr_out = ptr<T>(d_reads) + t * B * RM;
-    const T* dr_next = ptr<T>(d_in[0]);  // the next step's controller input: [reads, ...]
-    T* dm_new = ptr<T>(dmem); T* dm = ptr<T>(dmem_prev);
-    T* dwp = ptr<T>(dw); T* dwprev = ptr<T>(dw_prev);
-    T* dp = ptr<T>(dpar) + t * B * P;
-    T* sc = ptr<T>(scratch);
-    at::parallel_for(0, B, grain(6 * H * N * M), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        T* scr = sc + b * scratch_size;
-        T* dr = scr + scratch_size - RM;
-        for (int64_t k = 0; k < RM; ++k) dr[k] = dr_out[b * RM + k] + dr_next[b * in0 + k];
-        memory_backward<T>(d, o, mem + b * N * M, wprev + b * H * N, par + b * P, w + b * H * N,
-                           wk + b * H * d.X, rn + b * N, dr, dm_new + b * N * M, dwp + b * H * N,
-                           dm + b * N * M, dwprev + b * H * N, dp + b * P, scr);
-      }
-    });
-    std::swap(dmem, dmem_prev);
-    std::swap(dw, dw_prev);
-    // the heads' input is the top layer's h
-    at::addmm_out(dh_top, d_hidden[t], dpar[t], heads_w);
-    // the controller, top layer first
-    for (int64_t l = L - 1; l >= 0; --l) {
-      const int64_t width = layer(l, 0).size(2);
-      const T* dh_from = l == L - 1 ? ptr<T>(dh_top) : ptr<T>(d_in[l + 1]);  // (B, C) at stride dh_stride
-      const int64_t dh_stride = l == L - 1 ? C : d_in[l + 1].size(1);
-      T* g = ptr<T>(dpre[l]) + t * B * dpre[l].size(2);
-      if (d.lstm) {
-        const int64_t below = width - C;
-        const T* dh_self = ptr<T>(d_in[l]) + below;  // the next step's gradient at this layer's h
-        const T* act = ptr<T>(layer(l, 1)) + t * B * 4 * C;
-        const T* c_prev = ptr<T>(layer(l, 2)) + t * B * C;
-        const T* tanh_c = ptr<T>(layer(l, 3)) + t * B * C;
-        T* dc = ptr<T>(dcell[l]);
-        at::parallel_for(0, B, grain(8 * C), [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            for (int64_t c = 0; c < C; ++c) {
-              const T* a = act + b * 4 * C;
-              const T i = a[c], f = a[C + c], gg = a[2 * C + c], og = a[3 * C + c];
-              const T dh = dh_from[b * dh_stride + c] + dh_self[b * width + c];
-              const T tc = tanh_c[b * C + c];
-              const T dcn = dc[b * C + c] + dh * og * (T(1) - tc * tc);
-              T* gb = g + b * 4 * C;
-              gb[c] = dcn * gg * i * (T(1) - i);
-              gb[C + c] = dcn * c_prev[b * C + c] * f * (T(1) - f);
-              gb[2 * C + c] = dcn * i * (T(1) - gg * gg);
-              gb[3 * C + c] = dh * tc * og * (T(1) - og);
-              dc[b * C + c] = dcn * f;
-            }
-          }
-        });
-      } else {
-        const T* y = ptr<T>(layer(l, 1)) + t * B * C;
-        at::parallel_for(0, B * C, 8192, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) {
-            const int64_t b = i / C, c = i % C;
-            g[i] = dh_from[b * dh_stride + c] * (T(1) - y[i] * y[i]);
-          }
-        });
-      }
-      at::mm_out(d_in[l], dpre[l][t], weight[l]);
-    }
-  }
-  // gradients at the initial state, then each weight's gradient as one GEMM over T B rows
-  std::vector<at::Tensor> result = {dpre[0]};
+                                      const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
+                                      int64_t threads) {
+  const int64_t runs = d.runs, B = d.B, C = d.C, L = d.L, G = gate_width(d);
+  const int64_t slice = saved[2][2].item<int64_t>();
+  auto opts = d_hidden.options();
+  // [d x_proj, d ctrl0..., d reads0, d weights0, d memory0], each filled by the units in place
+  std::vector<at::Tensor> out = {at::empty({runs, d.T, B, G}, opts)};
   for (int64_t l = 0; d.lstm && l < L; ++l) {
-    result.push_back(d_in[l].narrow(1, layer(l, 0).size(2) - C, C).contiguous());
-    result.push_back(dcell[l]);
+    out.push_back(at::empty({runs, B, C}, opts));
+    out.push_back(at::empty({runs, B, C}, opts));
   }
-  result.push_back(d_in[0].narrow(1, 0, RM).contiguous());
-  result.push_back(dw);
-  result.push_back(dmem);
+  out.push_back(at::empty({runs, B, d.R * d.M}, opts));
+  out.push_back(at::empty({runs, B, d.H, d.N}, opts));
+  out.push_back(at::empty({runs, B, d.N, d.M}, opts));
+  const auto units = make_units(runs, B, slice);
+  const int64_t count = static_cast<int64_t>(units.size()), per_run = count / runs;
+  std::vector<at::Tensor> unit_grads;  // per unit: [weight_0, weight_1, bias_1, ..., heads w, heads b]
   for (int64_t l = 0; l <= L; ++l) {
-    const at::Tensor grad = l < L ? dpre[l] : dpar;
-    const at::Tensor in = l < L ? layer(l, 0).narrow(0, 0, T_) : hidden;  // (T, B, in): rows 0..T-1
-    const int64_t rows = T_ * B;
-    result.push_back(at::mm(grad.reshape({rows, grad.size(2)}).t(), in.reshape({rows, in.size(2)})));
-    if (l > 0) result.push_back(grad.sum({0, 1}));
+    const int64_t rows = l < L ? G : d.P, cols = l < L ? in_width(d, l) : C;
+    unit_grads.push_back(at::empty({count, rows, cols}, opts));
+    if (l > 0) unit_grads.push_back(at::empty({count, rows}, opts));
   }
-  return result;
+  for_each_unit(count, threads, [&](int64_t u) {
+    backward_unit<T>(d, u, units[u], saved, d_hidden, d_reads, weight, out, unit_grads);
+  });
+  // a run's weight gradients: its units' summed in order, the same on any number of threads (in
+  // plain loops, not ATen's: no parallel region whose threads could wait on a parked thread)
+  for (const auto& per_unit : unit_grads) {
+    auto shape = per_unit.sizes().vec();
+    shape[0] = runs;
+    if (per_run == 1) {
+      out.push_back(per_unit);
+      continue;
+    }
+    const int64_t size = per_unit.numel() / count;
+    auto total = at::empty(shape, opts);
+    T* sum = ptr<T>(total);
+    const T* part = ptr<T>(per_unit);
+    for (int64_t k = 0; k < runs; ++k, sum += size) {
+      std::copy_n(part, size, sum);
+      part += size;
+      for (int64_t s = 1; s < per_run; ++s, part += size) {
+#pragma omp simd
+        for (int64_t i = 0; i < size; ++i) sum[i] += part[i];
+      }
+    }
+    out.push_back(total);
+  }
+  return out;
 }
 
-void check(const at::Tensor& t, const at::Tensor& like, const char* name) {
+void check(const at::Tensor& t, const at::Tensor& like, int64_t runs, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must be ", like.scalar_type());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(t.dim() >= 2 && t.size(0) == runs, name, " must have the runs dimension first (", runs, ")");
 }
 
-// x_proj (T, B, G0): the external input's share of the first controller layer, its bias included.
-// ctrl0: LSTM [h_0, c_0, ..., h_{L-1}, c_{L-1}] (B, C) each; FF: empty. reads0 (B, R M),
-// weights0 (B, H, N), memory0 (B, N, M). weight: L controller layers (layer 0's recurrent
-// columns only) and the heads, each (out, in); bias: layers 1..L-1 and the heads.
+// Every argument has a leading runs dimension (a single run is a stack of one).
+// x_proj (runs, T, B, G0): the external input's share of the first controller layer, its bias
+// included. ctrl0: LSTM [h_0, c_0, ..., h_{L-1}, c_{L-1}] (runs, B, C) each; FF: empty.
+// reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M). weight: L controller
+// layers (layer 0's recurrent columns only) and the heads, each (runs, out, in); bias: layers
+// 1..L-1 and the heads, each (runs, out). slice: samples per work unit; threads: the most threads
+// to use (0: ATen's count).
 std::vector<at::Tensor> forward(at::Tensor x_proj, std::vector<at::Tensor> ctrl0, at::Tensor reads0, at::Tensor weights0,
                                 at::Tensor memory0, std::vector<at::Tensor> weight, std::vector<at::Tensor> bias,
-                                int64_t R, int64_t W, int64_t K, bool lstm) {
+                                int64_t R, int64_t W, int64_t K, bool lstm, int64_t slice, int64_t threads) {
   const int64_t L = static_cast<int64_t>(weight.size()) - 1;
   TORCH_CHECK(L >= 1 && bias.size() == weight.size() - 1, "weights: L layers and the heads; biases: all but layer 0");
-  for (const auto* t : {&x_proj, &reads0, &weights0, &memory0}) check(*t, x_proj, "state");
-  for (const auto& t : ctrl0) check(t, x_proj, "controller state");
-  for (const auto& t : weight) check(t, x_proj, "weight");
-  for (const auto& t : bias) check(t, x_proj, "bias");
-  const int64_t C = weight[L].size(1);
-  const Dims d = make_dims(x_proj, memory0, weights0, R, W, K, C, L, lstm);
-  TORCH_CHECK(weight[L].size(0) == d.P, "heads weight must have ", d.P, " rows");
+  TORCH_CHECK(slice >= 1, "slice must be at least 1");
+  TORCH_CHECK(x_proj.dim() == 4 && memory0.dim() == 4 && weights0.dim() == 4 && reads0.dim() == 3,
+              "x_proj (runs, T, B, G), reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M)");
+  const int64_t runs = x_proj.size(0);
+  for (const auto* t : {&x_proj, &reads0, &weights0, &memory0}) check(*t, x_proj, runs, "state");
+  for (const auto& t : ctrl0) check(t, x_proj, runs, "controller state");
+  for (const auto& t : weight) check(t, x_proj, runs, "weight");
+  for (const auto& t : bias) check(t, x_proj, runs, "bias");
+  const int64_t C = weight[L].size(2);
+  const Dims d = make_dims(runs, x_proj.size(1), x_proj.size(2), memory0.size(2), memory0.size(3), R, W, K, C, L, lstm);
+  TORCH_CHECK(weight[L].size(1) == d.P, "heads weight must have ", d.P, " rows");
+  TORCH_CHECK(weights0.size(2) == d.H && weights0.size(3) == d.N, "weightings must be (runs, B, R+W, N)");
+  TORCH_CHECK(2 * d.S < d.N, "shift range must be below N/2");
   TORCH_CHECK(static_cast<int64_t>(ctrl0.size()) == (lstm ? 2 * L : 0), "controller state: 2 L tensors (LSTM) or none");
+  TORCH_CHECK(x_proj.size(3) == gate_width(d) && reads0.size(2) == R * d.M, "x_proj or reads0 has the wrong width");
+  for (int64_t l = 0; l < L; ++l)
+    TORCH_CHECK(weight[l].size(1) == gate_width(d) && weight[l].size(2) == in_width(d, l), "weight ", l,
+                " must be (runs, ", gate_width(d), ", ", in_width(d, l), ")");
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "ntm_forward", [&] {
-    result = forward_impl<scalar_t>(d, x_proj, ctrl0, reads0, weights0, memory0, weight, bias);
+    result = forward_impl<scalar_t>(d, slice, threads, x_proj, ctrl0, reads0, weights0, memory0, weight, bias);
   });
   return result;
 }
 
-// saved: what forward returned; d_hidden (T, B, C), d_reads (T, B, R M): gradients at its first
-// two outputs. Returns [d x_proj, d ctrl0..., d reads0, d weights0, d memory0, d weight_0,
-// d weight_1, d bias_1, ..., d heads weight, d heads bias].
+// saved: what forward returned; d_hidden (runs, T, B, C), d_reads (runs, T, B, R M): gradients at
+// its first two outputs. Returns, each with the leading runs dimension: [d x_proj, d ctrl0...,
+// d reads0, d weights0, d memory0, d weight_0, d weight_1, d bias_1, ..., d heads weight,
+// d heads bias]. threads: as forward's.
 std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hidden, at::Tensor d_reads,
-                                 std::vector<at::Tensor> weight, int64_t R, int64_t W, int64_t K, bool lstm) {
+                                 std::vector<at::Tensor> weight, int64_t R, int64_t W, int64_t K, bool lstm,
+                                 int64_t threads) {
   const int64_t L = static_cast<int64_t>(weight.size()) - 1;
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == kFixed + layer_slots(lstm) * L, "saved tensors do not match the model");
-  check(d_hidden, saved[0], "d_hidden");
-  check(d_reads, saved[0], "d_reads");
-  const at::Tensor& memory = saved[3];
-  const int64_t C = weight[L].size(1);
-  Dims d;
-  d.T = saved[0].size(0); d.B = saved[0].size(1); d.C = C; d.L = L; d.R = R; d.W = W; d.H = R + W;
-  d.N = memory.size(2); d.M = memory.size(3); d.K = K; d.S = K / 2; d.A = d.M + 3 + K;
-  d.P = d.H * d.A + 2 * W * d.M; d.X = Work::size(d.N, K); d.lstm = lstm;
+  const int64_t runs = d_hidden.size(0);
+  check(d_hidden, saved[0], runs, "d_hidden");
+  check(d_reads, saved[0], runs, "d_reads");
+  for (const auto& t : weight) check(t, saved[0], runs, "weight");
+  TORCH_CHECK(d_hidden.sizes() == saved[0].sizes() && d_reads.sizes() == saved[1].sizes(),
+              "d_hidden and d_reads must have the forward's outputs' shapes");
+  const at::Tensor& memory = saved[4];
+  const int64_t C = weight[L].size(2);
+  const int64_t M = saved[1].size(3) / R;
+  const Dims d = make_dims(runs, d_hidden.size(1), d_hidden.size(2), memory.size(1) / M, M, R, W, K, C, L, lstm);
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(d_hidden.scalar_type(), "ntm_backward", [&] {
-    result = backward_impl<scalar_t>(d, saved, d_hidden, d_reads, weight);
+    result = backward_impl<scalar_t>(d, saved, d_hidden, d_reads, weight, threads);
   });
   return result;
 }
@@ -650,6 +961,6 @@ std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hid
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "the NTM's recurrent core over a sequence (see native.cpp)");
+  m.def("forward", &forward, "the NTM's recurrent core over a sequence, for a stack of runs (see native.cpp)");
   m.def("backward", &backward, "its gradients from the forward's saved tensors");
 }

@@ -1,11 +1,25 @@
 """The fast path's "native" core on the CPU: the NTM over a whole sequence as one hand-written C++
 call forward and one backward (``native.cpp``, beside this file), the same function as
-``NTM.forward``.
+``NTM.forward``; and its stacked form, several independent runs in one call.
 
 Like the sequence core (sequence.py), the input layer and the output layer are one GEMM
-each over all T B rows, outside the loop, and each weight's gradient is one GEMM after the
-reverse loop. Unlike it, nothing is compiled per process, no time step goes through Python,
-and the backward reads the forward's saved intermediates instead of recomputing them.
+each over all T B rows, outside the loop. Unlike it, nothing is compiled per process, no time
+step goes through Python, and the backward reads the forward's saved intermediates instead of
+recomputing them.
+
+Threads: the unit of work is one run's slice of SAMPLES_PER_UNIT samples, which one thread
+carries from the first time step to the last, forward and backward; units go to whichever
+thread is free (the core's own threads, asleep between calls), and each weight's gradient is
+each unit's GEMM over its own T x slice rows, a run's units summed in order. No thread waits
+for another at any time step, so a machine that is doing something else slows the core by the
+share of the cores it takes, not by a parked thread at every step; and the results are the
+same, bit for bit, on any number of threads and for a run in any stack of runs. Around the
+core, a training step runs ATen on one thread (``aten_on_one_thread``, FastStep does).
+
+  NativeNTM(model)            inputs (T, B, I) -> logits (T, B, O): one run (a stack of one)
+  StackedNativeNTM(models)    inputs (K, T, B, I) -> logits (K, T, B, O): K runs of one
+                              structure, each with its own weights, state and data; each run's
+                              gradients reach its own model's parameters
 
 The extension is built by ``torch.utils.cpp_extension`` the first time it is needed on a
 machine (half a minute to a minute and a half, with the C++ compiler that torch.compile also
@@ -20,15 +34,58 @@ import os
 import shutil
 import sysconfig
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from ..models.ntm import NTM
-from .handwritten import HandwrittenCore
-from .recurrence import CoreUnavailable
+from ..models.ntm import NTM, LSTMController
+from .handwritten import HandwrittenCore, _HandwrittenRecurrence
+from .recurrence import CoreUnavailable, flatten_state, recurrent_weights
 
 SOURCE = Path(__file__).resolve().with_name("native.cpp")
+
+# Samples per work unit (see the module's docstring): fixed, so that results do not depend on the
+# number of threads. Measured on the 2-core machine of BENCHMARKS.md (see there).
+SAMPLES_PER_UNIT = 8
+
+_given_threads: int | None = None  # inside aten_on_one_thread(): torch's thread count on entering it
+
+
+def core_threads() -> int:
+    """The threads a native core uses (at most one per work unit): torch's count, or inside
+    ``aten_on_one_thread()`` the count torch had on entering it."""
+    return _given_threads or torch.get_num_threads()
+
+
+@contextmanager
+def aten_on_one_thread():
+    """Runs the enclosed training step's ATen work (the input and output layers, autograd around
+    the core, clipping, the optimiser) on one thread, while the native cores in it keep the
+    threads torch had. Each ATen operation on more than 32k elements would otherwise be an
+    OpenMP region whose threads meet at its end: dozens a step, and on a machine that is doing
+    something else each can wait for a thread the OS has parked (measured on the 2-core machine
+    of BENCHMARKS.md: 35 such regions a step at batch 1, and one competing process took the
+    3.1 ms step to 42 ms). The core's own work units meet once a forward and once a backward.
+    It also makes a step's arithmetic the same on any number of threads (MKL splits long
+    reductions across its threads). torch's thread count is restored on leaving; nested uses
+    keep the outer count. FastStep (steps.py) runs its native steps in it."""
+    global _given_threads
+    if _given_threads is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    _given_threads = threads
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+        _given_threads = None
+
 
 _extension = None
 
@@ -91,16 +148,96 @@ def check_supported(model: NTM, device: torch.device) -> None:
 class NativeNTM(HandwrittenCore):
     """``NativeNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
 
+    samples_per_unit = SAMPLES_PER_UNIT
+    threads: int | None = None  # the most threads the core uses; None: core_threads()
+
     def __init__(self, model: NTM):
         check_supported(model, next(model.parameters()).device)
         super().__init__(model)
         self.extension = load_extension()
 
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
+        """The stacked call with a stack of one: every tensor gets a leading runs dimension of 1."""
         model = self.model
-        return self.extension.forward(x_projection, controller, reads0, weights0, memory0, weights, biases,
-                                      model.R, model.W, model.K, self.lstm)
+        saved = self.extension.forward(x_projection[None], [t[None] for t in controller], reads0[None],
+                                       weights0[None], memory0[None], [w[None] for w in weights],
+                                       [b[None] for b in biases], model.R, model.W, model.K, self.lstm,
+                                       self.samples_per_unit, self.threads or core_threads())
+        return [saved[0][0], saved[1][0], *saved[2:]]
 
     def run_backward(self, saved, d_hidden, d_reads, weights):
         model = self.model
-        return self.extension.backward(saved, d_hidden, d_reads, weights, model.R, model.W, model.K, self.lstm)
+        grads = self.extension.backward([saved[0][None], saved[1][None], *saved[2:]], d_hidden[None], d_reads[None],
+                                        [w[None] for w in weights], model.R, model.W, model.K, self.lstm,
+                                        self.threads or core_threads())
+        return [g[0] for g in grads]
+
+
+def _structure(model: NTM) -> tuple:
+    """What runs stacked in one native call must share: every parameter's and buffer's shape, the
+    dtype, the device, the heads and the controller's kind."""
+    return (type(model.controller), model.R, model.W, model.K, model.N, model.M,
+            [(name, tuple(t.shape), t.dtype, t.device)
+             for name, t in [*model.named_parameters(), *model.named_buffers()]])
+
+
+class StackedNativeNTM:
+    """K independent runs in one native call. ``StackedNativeNTM(models)(inputs)`` =
+    ``torch.stack([model(x) for model, x in zip(models, inputs)])``: inputs (K, T, B, I) ->
+    logits (K, T, B, O), every run with the same T and B; autograd gives each run's gradients
+    to its own model's parameters. The models must share one structure (sizes, heads,
+    controller, dtype; their values are their own).
+
+    Per run, the input layer and the output layer are that model's own ``F.linear`` over its
+    T B rows; the recurrence is one autograd Function over the stacked tensors (the models'
+    loop weights stacked (K, out, in)), whose work units span (run, slice of samples). A run's
+    results are bitwise those of the same run in a stack of one (and so of ``NativeNTM``)."""
+
+    recurrence = _HandwrittenRecurrence
+    samples_per_unit = SAMPLES_PER_UNIT
+    threads: int | None = None  # the most threads the core uses; None: core_threads()
+
+    def __init__(self, models: list[NTM]):
+        self.models = list(models)
+        if not self.models:
+            raise ValueError("StackedNativeNTM needs at least one model")
+        for model in self.models:
+            check_supported(model, next(model.parameters()).device)
+        first = _structure(self.models[0])
+        for index, model in enumerate(self.models[1:], start=1):
+            if _structure(model) != first:
+                raise ValueError(f"StackedNativeNTM: model {index} differs in structure from model 0 "
+                                 "(every stacked run needs the same sizes, heads, controller and dtype)")
+        self.model = self.models[0]  # the shared structure (R, M: the recurrence's backward reads them)
+        self.lstm = isinstance(self.model.controller, LSTMController)
+        self.extension = load_extension()
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dim() != 4 or inputs.shape[0] != len(self.models):
+            raise ValueError(f"inputs must be (K={len(self.models)}, T, B, I), not {tuple(inputs.shape)}")
+        batch_size, input_size = inputs.shape[2], inputs.shape[3]
+        x_projections, states, linears = [], [], []
+        for model, x in zip(self.models, inputs):
+            x_weight, x_bias, pairs = recurrent_weights(model, input_size)
+            x_projections.append(F.linear(x, x_weight, x_bias))  # (T, B, G): one GEMM per run
+            states.append(flatten_state(model.initial_state(batch_size)))
+            linears.append(pairs)
+        flat_state = [torch.stack(column) for column in zip(*states)]  # each (K, B, ...)
+        flat_linears = []
+        for layer in zip(*linears):  # one layer, every run: (K, out, in) and (K, out) or None
+            flat_linears.append(torch.stack([weight for weight, _ in layer]))
+            flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
+        hidden, reads = self.recurrence.apply(self, len(flat_state), torch.stack(x_projections), *flat_state,
+                                              *flat_linears)
+        return torch.stack([model.output(torch.cat([h, r], dim=-1)) for model, h, r in zip(self.models, hidden, reads)])
+
+    def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
+        model = self.model
+        return self.extension.forward(x_projection, controller, reads0, weights0, memory0, weights, biases,
+                                      model.R, model.W, model.K, self.lstm, self.samples_per_unit,
+                                      self.threads or core_threads())
+
+    def run_backward(self, saved, d_hidden, d_reads, weights):
+        model = self.model
+        return self.extension.backward(saved, d_hidden, d_reads, weights, model.R, model.W, model.K, self.lstm,
+                                       self.threads or core_threads())

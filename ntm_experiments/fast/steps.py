@@ -11,6 +11,10 @@ PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap
     on CUDA); each takes a batch of any length without recompiling. A core that cannot run here
     says why and its fallback runs (native -> sequence, triton -> the device's default).
     The plain LSTM baseline is left as it is: ``nn.LSTM`` is already a fused kernel.
+  - The native core (CPU) runs each half with ATen on one thread and the core's work units on
+    the threads torch was given (native.aten_on_one_thread): no OpenMP region outside the core
+    whose threads could wait on a parked one when the machine is busy, and the same arithmetic,
+    bit for bit, on any number of threads.
   - CUDA: each half is captured once as a CUDA graph and replayed, one launch instead of
     thousands. ``forward_backward`` is captured once per batch shape (T, B, width); the
     graphs share one memory pool. Gradients and optimiser state live in fixed tensors that
@@ -21,6 +25,7 @@ batch size (the last, partial batch of a run is run plain instead).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -105,6 +110,10 @@ class FastStep(PlainStep):
         self.core = None     # the NTM core in use (a name in cores.CORES); None for the LSTM baseline
         if isinstance(model, NTM):
             self.forward, self.core = build_core(core, model, device, self.compile_options)
+        self.threads = contextlib.nullcontext  # what each half runs in
+        if self.core == "native":
+            from .native import aten_on_one_thread
+            self.threads = aten_on_one_thread
         self.batch_size: int | None = None  # the batch size the step was compiled/captured for
         if self.graphs:
             for p in params:  # fixed gradient tensors that every graph accumulates into
@@ -126,7 +135,8 @@ class FastStep(PlainStep):
         if self.graphs and full:
             return self._replay(batch)
         start = time.perf_counter()
-        result = self._forward_backward(batch, self.forward if full else None, keep_grad_tensors=self.graphs)
+        with self.threads():
+            result = self._forward_backward(batch, self.forward if full else None, keep_grad_tensors=self.graphs)
         if first and self.core is not None and CORES[self.core].compiled:
             log.info("fast path: time step compiled in %.1f s", time.perf_counter() - start)
         return result
@@ -160,7 +170,8 @@ class FastStep(PlainStep):
 
     def update(self, clip_value: float) -> None:
         if not self.graphs:
-            return super().update(clip_value)
+            with self.threads():
+                return super().update(clip_value)
         if self.update_graph is None or self.update_clip != clip_value:
             self.update_graph, self.update_clip = self._capture_update(clip_value), clip_value
         self.update_graph.replay()

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from ..addressing import EPS
+from ..addressing import COSINE_EPS, EPS
 from ..models.ntm import NTM
 from .handwritten import HandwrittenCore
 from .recurrence import CoreUnavailable
@@ -56,6 +56,7 @@ def check_supported(model: NTM, device: torch.device) -> None:
 
 if triton is not None:
     _EPS = tl.constexpr(EPS)
+    _COSINE_EPS = tl.constexpr(COSINE_EPS)
 
     @triton.jit
     def _sigmoid(x):
@@ -112,19 +113,19 @@ if triton is not None:
         the heads' outputs par (P) -> mem_new (N, M), w (H, N), reads (R M), work (H, X), rn (N)."""
         b, n, m, k, n_in, m_in, k_in, tile, tile_in = _sample_tile(N, M, K, BLOCK_N, BLOCK_M, BLOCK_K)
         mem = tl.load(mem_ptr + b * N * M + tile, mask=tile_in, other=0.0)
-        rn = tl.sqrt(tl.sum(mem * mem, 1) + _EPS)  # row norms
+        rn = tl.sqrt(tl.sum(mem * mem, 1))  # row norms
         tl.store(rn_ptr + b * N + n, rn, mask=n_in)
         par = par_ptr + b * P
         for h in range(H):
             p = par + h * A
             wk = work_ptr + (b * H + h) * X
             key = tl.load(p + m, mask=m_in, other=0.0)
-            kn = tl.sqrt(tl.sum(key * key, 0) + _EPS)
+            kn = tl.sqrt(tl.sum(key * key, 0))
             beta = _softplus(tl.load(p + M))                # key strength >= 0
             gate = _sigmoid(tl.load(p + M + 1))             # interpolation gate
             gamma = 1.0 + _softplus(tl.load(p + M + 2 + K))  # sharpening >= 1
             s = _softmax(tl.load(p + M + 2 + k, mask=k_in, other=0.0), k_in)  # shifts -S..S
-            sim = tl.sum(mem * key[None, :], 1) / (kn * rn)  # cosine similarity (eq. 6)
+            sim = tl.sum(mem * key[None, :], 1) / (kn * rn + _COSINE_EPS)  # cosine similarity (eq. 6)
             wc = _softmax(beta * sim, n_in)                 # content weighting (eq. 5)
             prev = tl.load(wprev_ptr + (b * H + h) * N + n, mask=n_in, other=0.0)
             wg = gate * wc + (1.0 - gate) * prev            # interpolation (eq. 7)
@@ -237,10 +238,14 @@ if triton is not None:
             dsim = dz * beta
             key = tl.load(p + m, mask=m_in, other=0.0)
             kn = tl.load(wk + 4 * N + K + 3)
-            rn = tl.load(rn_ptr + b * N + n, mask=n_in, other=1.0)
-            scaled = dsim / (kn * rn)
-            tl.store(dp + m, tl.sum(scaled[:, None] * mem, 0) - key * (tl.sum(dsim * sim, 0) / (kn * kn)), mask=m_in)
-            dmem += scaled[:, None] * key[None, :] - (dsim * sim / (rn * rn))[:, None] * mem
+            rn = tl.load(rn_ptr + b * N + n, mask=n_in, other=0.0)
+            # sim = k.M(i) / D, D = |k| |M(i)| + COSINE_EPS; k / |k| and M(i) / |M(i)| are 0 at 0
+            scaled = dsim / (kn * rn + _COSINE_EPS)
+            inv_kn = tl.where(kn > 0.0, 1.0 / tl.where(kn > 0.0, kn, 1.0), 0.0)
+            inv_rn = tl.where(rn > 0.0, 1.0 / tl.where(rn > 0.0, rn, 1.0), 0.0)
+            tl.store(dp + m, tl.sum(scaled[:, None] * mem, 0) - key * (tl.sum(scaled * sim * rn, 0) * inv_kn),
+                     mask=m_in)
+            dmem += scaled[:, None] * key[None, :] - (scaled * sim * kn * inv_rn)[:, None] * mem
             tl.debug_barrier()  # the next head overwrites the scratch read above
         tl.store(dmem_ptr + b * N * M + tile, dmem, mask=tile_in)
 
