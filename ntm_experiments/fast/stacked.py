@@ -22,6 +22,7 @@ place in the vectorised loops whatever K is (no run ever falls into a loop's sca
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -184,23 +185,48 @@ class StackedStep:
             if state["state"]:  # a resumed run brings its optimiser state
                 view.load_state_dict(state)
         self.forwards = list(forwards) if forwards is not None else [None] * len(self.models)
+        self.stacked_core, self.threads = None, contextlib.nullcontext  # the native core's stacked form
+        if self.forwards and all(type(f).__name__ == "NativeNTM" for f in self.forwards):
+            from .native import StackedNativeNTM, aten_on_one_thread
+
+            self.stacked_core, self.threads = StackedNativeNTM, aten_on_one_thread
 
     def forward_backward(self, batches: Sequence[Batch | None]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
-        self.flat.grads.zero_()
-        costs: list[torch.Tensor | None] = []
-        for model, task, forward, batch in zip(self.models, self.tasks, self.forwards, batches):
+        with self.threads():
+            self.flat.grads.zero_()
+            costs: list[torch.Tensor | None] = [None] * len(batches)
+            for group in self._groups(batches):
+                if len(group) > 1:  # runs of one core and one batch shape: one call of the stacked core
+                    stacked = self.stacked_core([self.models[k] for k in group])
+                    logits = stacked(torch.stack([batches[k].inputs for k in group]))  # (G, T, B, O)
+                else:
+                    (k,) = group
+                    logits = (self.forwards[k] or self.models[k])(batches[k].inputs)[None]
+                loss = 0.0
+                for k, run_logits in zip(group, logits):
+                    cost = self.tasks[k].cost(run_logits, batches[k])  # (B,) bits per sequence
+                    costs[k] = cost.detach()
+                    loss = loss + cost.mean() * NATS_PER_BIT  # each run's batch mean of summed cross-entropy, nats
+                loss.backward()  # runs share no parameter: each run's gradient is its own term's
+            return costs, torch.linalg.vector_norm(self.flat.grads, dim=1)  # (K,): each run's gradient norm
+
+    def _groups(self, batches: Sequence[Batch | None]) -> list[list[int]]:
+        """The runs with a batch, grouped for one call each: runs on the native core whose batches
+        have one shape go together (each run's arithmetic is the same in any group: native.py);
+        every other run alone."""
+        groups: dict[tuple, list[int]] = {}
+        for k, batch in enumerate(batches):
             if batch is None:
-                costs.append(None)
                 continue
-            cost = task.cost((forward or model)(batch.inputs), batch)  # (B,) bits per sequence
-            (cost.mean() * NATS_PER_BIT).backward()  # the batch mean of each sequence's summed cross-entropy, nats
-            costs.append(cost.detach())
-        return costs, torch.linalg.vector_norm(self.flat.grads, dim=1)  # (K,): each run's gradient norm
+            key = (tuple(batch.inputs.shape),) if self.stacked_core is not None else (k,)
+            groups.setdefault(key, []).append(k)
+        return list(groups.values())
 
     @torch.no_grad()
     def update(self, active: torch.Tensor, clip_values: torch.Tensor) -> None:
         """Clip each run's gradient element-wise to (-clip_k, clip_k) (§4.6), then one RMSProp step
         of the runs where ``active`` (K,) is set."""
-        clip = clip_values.to(self.flat.grads)[:, None]
-        self.flat.grads.clamp_(min=-clip, max=clip)
-        self.optimizer.step(active.to(self.flat.grads.device))
+        with self.threads():
+            clip = clip_values.to(self.flat.grads)[:, None]
+            self.flat.grads.clamp_(min=-clip, max=clip)
+            self.optimizer.step(active.to(self.flat.grads.device))
