@@ -20,7 +20,7 @@ from ntm_experiments.optim import GravesRMSprop
 from ntm_experiments.tasks import Task, make_task
 
 # One torch thread per test process: with pytest-xdist a worker per core shares the cores already,
-# and two threads per worker would wait on each other at every time step of the native core.
+# and two threads per worker would only compete for them.
 torch.set_num_threads(1)
 
 # Without a GPU, the fused Triton core's kernels run in Triton's interpreter (tests/test_triton.py).
