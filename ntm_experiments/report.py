@@ -9,8 +9,8 @@
 - ``fig04_*``, ``fig05_*``, ``fig08_*``: example pictures (copy with an NTM / the LSTM, repeat copy)
   from one run per task x model (the seed with the lowest final training cost);
 - ``aggregate/``: what ``ntm-aggregate`` writes for the same runs;
-- ``REPORT.md``: per figure, agreement or disagreement with the paper's landmarks in numbers,
-  the budget, seeds and sequences of the runs, the Fig 11 table and the parameter counts.
+- ``REPORT.md``: per figure x model, the curve-level figure and agreement or disagreement with
+  the paper's landmarks in numbers, both by compare.py's rule (the paper's 10k windows), the budget, seeds and sequences of the runs, the Fig 11 table and the parameter counts.
 
 A figure whose runs are missing is listed as missing. Every file is written atomically.
 """
@@ -26,16 +26,18 @@ from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
+from .compare import NOT_REACHED, PLUS_BITS, REACHED, WINDOW, Comparison, compare, window_end
 from .errors import RunError
-from .runs import (OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, sequences_to_threshold,
-                   write_atomic)
+from .runs import OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, write_atomic
 
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
 # Fig 11: bits per sequence at 6 / 10 / 15 / 20 items, read off the paper's figure
 PAPER_FIG11 = {"lstm": (2.27, 36.6, 39.9, 38.1), "ntm_lstm": (0.08, 1.80, 4.74, 6.99), "ntm_ff": (0.02, 0.14, 1.47, 8.00)}
 FIG11_ITEMS = (6, 10, 15, 20)
-# Choice: how close counts as agreement. Sequences to a cost: within a factor of 1.5 of the
-# paper's; a cost at a given point: within 25 % of the paper's or 0.1 bits, whichever is larger.
+# Choice: how close counts as agreement, on curves binned by compare.py's rule. Sequences to a cost
+# (the end of the window from which our curve stays below it, against the end of the paper's
+# window): within a factor of 1.5; a cost in a window: within 25 % of the paper's or 0.1 bits,
+# whichever is larger.
 REACH_FACTOR = 1.5
 COST_TOLERANCE, COST_FLOOR = 0.25, 0.1
 
@@ -199,43 +201,68 @@ def example_pictures(summary: Summary, out: Path) -> list[Path]:
 
 
 # ---------------------------------------------------------------- landmarks
-def landmark_line(summary: Summary, landmark: tuple) -> str:
-    """One sentence comparing our median curve with one of the paper's landmarks, in numbers."""
+def comparison(summary: Summary, figure: Figure | None = None, paper: dict | None = None) -> Comparison:
+    """The summary's seeds on the paper's 10k grid (compare.py's rule), against the figure's curve of its model."""
+    points = (paper or {}).get((figure.key, MODEL_LABELS.get(summary.model, summary.model)), []) if figure else []
+    return compare([r.curve for r in summary.runs], summary.seeds, points, figure.ylim[1] if figure else None)
+
+
+def _paper_window(k_sequences: float) -> str:
+    return f"{k_sequences:g}k, in the window ending at {window_end(k_sequences * 1000) // 1000:g}k"
+
+
+def landmark_line(summary: Summary, landmark: tuple, comp: Comparison | None = None) -> str:
+    """One sentence comparing our binned median curve with one of the paper's landmarks, in numbers
+    (compare.py's rule: 10k windows, reached = below and staying below)."""
     kind, a, b = landmark
     name = f"{summary.task}, {MODEL_LABELS.get(summary.model, summary.model)}"
-    band, reached = summary.band, max(r.sequences for r in summary.runs)
+    comp = comp or comparison(summary)
+    ours_end = comp.median.last_end
+    stop = (f"our median curve covers no whole {WINDOW // 1000:g}k window" if not ours_end else
+            f"our median curve's last whole window ends at {k(ours_end)}")
     if kind == "below":
         threshold, paper_k = a, b
-        below = next((x for x, m in zip(band.x, band.median) if m < threshold), None)
-        firsts = [sequences_to_threshold(r.curve, threshold) for r in summary.runs]
-        per_seed = "per seed, first below it at " + ", ".join(
-            f"{'never' if s is None else k(s)} (seed {r.seed})" for r, s in zip(summary.runs, firsts))
-        if below is not None:
-            ratio = below / (paper_k * 1000)
-            verdict = ("agrees" if 1 / REACH_FACTOR <= ratio <= REACH_FACTOR else
-                       "disagrees: slower" if ratio > 1 else "disagrees: faster")
-            return (f"{name}: below {threshold:g} bits at {k(below)} sequences (paper: {paper_k:g}k); {verdict} "
-                    f"({per_seed})")
-        if reached < paper_k * 1000:
-            return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
-                    f"inconclusive: the runs stop before the paper's landmark ({per_seed})")
-        return (f"{name}: not below {threshold:g} bits within {k(reached)} sequences (paper: {paper_k:g}k); "
-                f"disagrees: slower ({per_seed})")
+        paper_end = window_end(paper_k * 1000)
+        median_reach, seeds = comp.reach(threshold)
+        per_seed = "per seed: " + ", ".join(f"{r.text()} (seed {s})" for r, s in zip(seeds, comp.seeds))
+        head = f"{name}: below {threshold:g} bits and staying below"
+        if median_reach.status == REACHED:
+            ours = median_reach.at
+            verdict = ("agrees" if ours <= REACH_FACTOR * paper_end and ours * REACH_FACTOR >= paper_end else
+                       "disagrees: slower" if ours > paper_end else "disagrees: faster")
+            return (f"{head} from the window ending at {k(ours)} sequences (paper: {_paper_window(paper_k)}); "
+                    f"{verdict} ({per_seed})")
+        if ours_end < paper_end:
+            verdict = f"inconclusive: {stop}, before the paper's landmark"
+        else:
+            verdict = "disagrees: slower" if median_reach.status == NOT_REACHED else "disagrees: did not stay below"
+        return f"{head}: {median_reach.text()} (paper: {_paper_window(paper_k)}); {verdict} ({per_seed})"
     if kind == "at":
         at_k, paper_cost = a, b
-        ours = band.at(at_k * 1000)
-        where = f"at {at_k:g}k sequences"
+        ours = comp.median.at(at_k * 1000)
+        where = f"in the window ending at {window_end(at_k * 1000) // 1000:g}k sequences"
+        paper_where = f"at {at_k:g}k sequences"
     else:
         (lo, hi), paper_cost = a, b
-        ours = band.mean_over(lo * 1000, hi * 1000)
-        where = f"mean over {lo:g}k-{hi:g}k sequences"
-        at_k = lo
+        ends = range(window_end(lo * 1000 + 1), window_end(hi * 1000) + 1, WINDOW)
+        values = [comp.median.at(end) for end in ends]
+        ours = None if any(v is None for v in values) else sum(values) / len(values)
+        where = f"mean over the windows from {lo:g}k to {hi:g}k sequences"
+        paper_where = f"mean over {lo:g}k-{hi:g}k sequences"
     if ours is None:
-        return (f"{name}: {where} the paper has {paper_cost:g} bits; inconclusive: our runs stop at {k(reached)} "
-                "sequences")
+        return f"{name}: {paper_where} the paper has {paper_cost:g} bits; inconclusive: {stop}"
     close = abs(ours - paper_cost) <= max(COST_TOLERANCE * paper_cost, COST_FLOOR)
     verdict = "agrees" if close else ("disagrees: higher" if ours > paper_cost else "disagrees: lower")
-    return f"{name}: {ours:.3g} bits {where} (paper: {paper_cost:g}); {verdict}"
+    return f"{name}: {ours:.3g} bits {where} (paper: {paper_cost:g} {paper_where}); {verdict}"
+
+
+def curve_line(summary: Summary, comp: Comparison) -> str:
+    """The curve-level figure (compare.py's rule): median curve, then per seed."""
+    name = f"{summary.task}, {MODEL_LABELS.get(summary.model, summary.model)}"
+    per_seed = ", ".join(f"{'n/a' if d.value is None else f'{d.value:.3f}'} over {d.used} (seed {s})"
+                         for d, s in zip(comp.seed_distances, comp.seeds))
+    return (f"{name}, whole curve: median |log2((ours + {PLUS_BITS:g}) / (paper + {PLUS_BITS:g}))| "
+            f"{comp.distance.text()} (median curve); per seed {per_seed}")
 
 
 # ---------------------------------------------------------------- the Markdown summary
@@ -267,9 +294,14 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
     md = ["# Reproduction report: Neural Turing Machines (Graves et al. 2014)", "",
           "Built by `ntm-report " + " ".join(str(p) for p in sources) + "`. Paper values: "
           "`ntm_experiments/data/figure_curves.csv` (points read off the paper's figures) and the landmarks read off its Figs 3, 7, 10, 13 and 18. "
-          f"Agreement: sequences to a cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within "
-          f"{COST_TOLERANCE:.0%} of the paper's or {COST_FLOOR:g} bits. Our curves: median across seeds "
-          "(solid) with the quartile band; the paper's: dashed.", ""]
+          f"Comparison (README, \"Comparison with the paper's curves\"): each seed's training cost averaged, "
+          f"sequence-weighted, over the paper's {WINDOW // 1000:g}k-sequence windows (only whole windows), the median "
+          "over seeds per window, the paper's point compared with our window containing it; a landmark cost is "
+          "reached at the first window from which the curve stays below it; the whole curve: the median over the "
+          f"paper's points of |log2((ours + {PLUS_BITS:g}) / (paper + {PLUS_BITS:g}))|. Agreement: sequences to a "
+          f"cost within a factor of {REACH_FACTOR:g} of the paper's; a cost within {COST_TOLERANCE:.0%} of the "
+          f"paper's or {COST_FLOOR:g} bits. Figures: our median across seeds (solid) with the quartile band on "
+          "the logged points; the paper's: dashed.", ""]
     if note:  # e.g. which machine and budget made the runs
         md += [note.strip(), ""]
     md += ["## Runs", ""]
@@ -301,7 +333,9 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
             if summary is None:
                 md.append(f"- {figure.task}, {label}: missing (no runs)")
                 continue
-            md += [f"- {landmark_line(summary, lm)}" for lm in LANDMARKS[figure.task].get(model, [])]
+            comp = comparison(summary, figure, paper)
+            md.append(f"- {curve_line(summary, comp)}")
+            md += [f"- {landmark_line(summary, lm, comp)}" for lm in LANDMARKS[figure.task].get(model, [])]
         if figure.task == "ngrams":
             md.append(f"- optimal estimator (eq. 10) on our validation set: {_num(optimum, 4)} bits (paper: "
                       f"{PAPER_NGRAM_OPTIMUM}; we score all 200 bits, where the optimum is about 133.3)")
