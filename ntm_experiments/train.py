@@ -107,7 +107,7 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
     for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
         try:
             runs.append(RunState(cfg, run_dir, device, loggers[k] if loggers else None))
-        except RunError as error:
+        except RunError as error:  # a run that cannot start fails alone too
             runs.append(None)
             if on_failure is None:
                 raise
@@ -138,6 +138,13 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                desc=f"{first.cfg.task.name}/{first.cfg.model.name} x{len(group)}")
     for run in group:
         run.model.train()
+
+    def stop_run(i: int, error: RunError) -> None:  # run i failed: it stops alone, the others go on
+        active[i] = False
+        if on_failure is None:
+            raise error
+        on_failure(live[i], error)
+
     with StopSignals() as stop:  # SIGINT, SIGTERM: only a flag, looked at between steps
         while any(active):
             if stop.signum is not None:  # every live run checkpointed where it stands, then stop (interrupts.py)
@@ -153,10 +160,7 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                     try:  # skipped; after train.max_bad_steps in a row, the last good state, loaded into its row
                         run.skip_step()
                     except RunError as error:
-                        active[i] = False
-                        if on_failure is None:
-                            raise
-                        on_failure(live[i], error)
+                        stop_run(i, error)
             stepper.update(torch.tensor(finite), clip)  # clip each run's gradient (§4.6), RMSProp the finite ones
             for i, run in enumerate(group):
                 if not finite[i]:
@@ -167,10 +171,7 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                     if run.seen >= run.total:
                         results[live[i]], active[i] = run.finish(), False
                 except RunError as error:
-                    active[i] = False
-                    if on_failure is None:
-                        raise
-                    on_failure(live[i], error)
+                    stop_run(i, error)
             logged = [run.last_cost for run in group if run.last_cost == run.last_cost]
             if logged:
                 bar.set_postfix(median=f"{statistics.median(logged):.3f}", worst=f"{max(logged):.3f} bits/seq", refresh=False)
