@@ -36,6 +36,7 @@ import sysconfig
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -212,12 +213,15 @@ class StackedNativeNTM:
         self.lstm = isinstance(self.model.controller, LSTMController)
         self.extension = load_extension()
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() != 4 or inputs.shape[0] != len(self.models):
-            raise ValueError(f"inputs must be (K={len(self.models)}, T, B, I), not {tuple(inputs.shape)}")
+    def __call__(self, inputs: torch.Tensor, runs: Sequence[int] | None = None) -> torch.Tensor:
+        """``runs``: which of the models the inputs are for (default: all, in order), so a stack
+        built and checked once can run any subset of its runs."""
+        models = self.models if runs is None else [self.models[k] for k in runs]
+        if inputs.dim() != 4 or inputs.shape[0] != len(models):
+            raise ValueError(f"inputs must be (K={len(models)}, T, B, I), not {tuple(inputs.shape)}")
         batch_size, input_size = inputs.shape[2], inputs.shape[3]
         x_projections, states, linears = [], [], []
-        for model, x in zip(self.models, inputs):
+        for model, x in zip(models, inputs):
             x_weight, x_bias, pairs = recurrent_weights(model, input_size)
             x_projections.append(F.linear(x, x_weight, x_bias))  # (T, B, G): one GEMM per run
             states.append(flatten_state(model.initial_state(batch_size)))
@@ -229,7 +233,7 @@ class StackedNativeNTM:
             flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
         hidden, reads = self.recurrence.apply(self, len(flat_state), torch.stack(x_projections), *flat_state,
                                               *flat_linears)
-        return torch.stack([model.output(torch.cat([h, r], dim=-1)) for model, h, r in zip(self.models, hidden, reads)])
+        return torch.stack([model.output(torch.cat([h, r], dim=-1)) for model, h, r in zip(models, hidden, reads)])
 
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         model = self.model

@@ -23,7 +23,6 @@ place in the vectorised loops whatever K is (no run ever falls into a loop's sca
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence
 
 import torch
@@ -31,9 +30,8 @@ import torch
 from ..models.ntm import NTM
 from ..tasks.base import Batch
 from .cores import build_core, default_core
-from .steps import FastStep
+from .steps import NATS_PER_BIT, FastStep
 
-NATS_PER_BIT = math.log(2.0)
 ROW_ALIGN = 64  # floats: a row's length is a multiple of every vector loop's block on the CPU
 
 
@@ -52,15 +50,17 @@ class FlatParameters:
         self.K, self.P = len(param_lists), -(-size // ROW_ALIGN) * ROW_ALIGN
         self.values = first[0].new_zeros(self.K, self.P)
         self.grads = torch.zeros_like(self.values)
+        self.offsets = []  # (offset, size, shape) of each parameter in a row, the same in every row
+        offset = 0
+        for p in first:
+            self.offsets.append((offset, p.numel(), tuple(p.shape)))
+            offset += p.numel()
         with torch.no_grad():
             for k, params in enumerate(param_lists):
-                offset = 0
-                for p in params:
-                    n = p.numel()
+                for p, (offset, n, shape) in zip(params, self.offsets):
                     self.values[k, offset:offset + n].copy_(p.reshape(-1))
-                    p.data = self.values[k, offset:offset + n].view(p.shape)
-                    p.grad = self.grads[k, offset:offset + n].view(p.shape)  # backward accumulates in place
-                    offset += n
+                    p.data = self.values[k, offset:offset + n].view(shape)
+                    p.grad = self.grads[k, offset:offset + n].view(shape)  # backward accumulates in place
         self.param_lists = [list(params) for params in param_lists]
 
 
@@ -126,11 +126,7 @@ class RunOptimizer:
         trained = {id(p) for p in stacked.flat.param_lists[k]}
         self.indices = [i for i, p in enumerate(all_params) if id(p) in trained]  # GravesRMSprop's numbering
         self.n_params = len(all_params)
-        self.offsets = []
-        offset = 0
-        for p in stacked.flat.param_lists[k]:
-            self.offsets.append((offset, p.numel(), tuple(p.shape)))
-            offset += p.numel()
+        self.offsets = stacked.flat.offsets
 
     @property
     def param_groups(self) -> list[dict]:
@@ -186,10 +182,13 @@ class StackedStep:
                 view.load_state_dict(state)
         self.forwards = list(forwards) if forwards is not None else [None] * len(self.models)
         self.stacked_core, self.threads = None, contextlib.nullcontext  # the native core's stacked form
-        if self.forwards and all(type(f).__name__ == "NativeNTM" for f in self.forwards):
+        from .native import NativeNTM  # loads no extension: NativeNTM(...) in stacked_forward did
+
+        if self.forwards and all(isinstance(f, NativeNTM) for f in self.forwards):
             from .native import StackedNativeNTM, aten_on_one_thread
 
-            self.stacked_core, self.threads = StackedNativeNTM, aten_on_one_thread
+            # built and checked once; each step runs the subsets whose batches share a shape
+            self.stacked_core, self.threads = StackedNativeNTM(self.models), aten_on_one_thread
 
     def forward_backward(self, batches: Sequence[Batch | None]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         with self.threads():
@@ -197,8 +196,7 @@ class StackedStep:
             costs: list[torch.Tensor | None] = [None] * len(batches)
             for group in self._groups(batches):
                 if len(group) > 1:  # runs of one core and one batch shape: one call of the stacked core
-                    stacked = self.stacked_core([self.models[k] for k in group])
-                    logits = stacked(torch.stack([batches[k].inputs for k in group]))  # (G, T, B, O)
+                    logits = self.stacked_core(torch.stack([batches[k].inputs for k in group]), group)  # (G, T, B, O)
                 else:
                     (k,) = group
                     logits = (self.forwards[k] or self.models[k])(batches[k].inputs)[None]
