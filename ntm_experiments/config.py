@@ -46,14 +46,25 @@ def config_dir() -> str:
     raise ConfigError(f"no Hydra config tree found (looked in {package / 'conf'} and {package.parent / 'conf'})")
 
 
+def resume_kind(resume: Any) -> str:
+    """What ``resume=`` asks for: "no" (false or null), "newest" (true: the newest run of the task
+    and model holding a checkpoint; in a sweep, each job's own folder) or "folder" (a run directory)."""
+    if resume is False or resume is None or str(resume).lower() == "false":
+        return "no"
+    if resume is True or str(resume).lower() == "true":
+        return "newest"
+    return "folder"
+
+
 def _resolve_run_dir(resume: Any, fresh: str) -> str:
     """Hydra run directory: ``fresh`` for a new run; for ``resume=true`` the newest run of
     the same task and model that holds a checkpoint; for ``resume=<dir>`` that directory."""
-    if resume is False or resume is None or str(resume).lower() == "false":
+    kind = resume_kind(resume)
+    if kind == "no":
         return fresh
     from .checkpoint import CHECKPOINT_NAME  # imports torch: only when a run resumes
 
-    if resume is True or str(resume).lower() == "true":
+    if kind == "newest":
         parent = Path(fresh).parent
         runs = sorted(p for p in parent.glob("*") if (p / CHECKPOINT_NAME).is_file()) if parent.is_dir() else []
         if not runs:

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from . import checkpoint
+from .config import resume_kind
 from .errors import ConfigError, Interrupted, RunError, TrainingDiverged
 from .evaluate import capacity_warnings, eval_suite, log_evaluation
 from .interrupts import resume_override
@@ -247,15 +248,14 @@ class RunState:
 
     def _resume(self) -> dict | None:
         cfg = self.cfg
-        resuming = cfg.resume not in (False, None, "false", "False")
-        if not resuming and self.checkpoint_path.exists():
+        kind = resume_kind(cfg.resume)
+        if kind == "no" and self.checkpoint_path.exists():
             raise ConfigError(f"{self.run_dir} already holds a checkpoint: pass resume=true to continue it, or use a new folder")
-        if not resuming:
+        if kind == "no":
             return None
-        if cfg.resume is True or str(cfg.resume).lower() == "true":
-            if not self.checkpoint_path.exists():  # a sweep's job (hydra.sweep.dir given again) killed
-                self.log.info("resume=true: no checkpoint in %s yet; starting this run afresh", self.run_dir)
-                return None  # before its first checkpoint; a single run's resume=true always finds one
+        if kind == "newest" and not self.checkpoint_path.exists():  # a sweep's job (hydra.sweep.dir given
+            self.log.info("resume=true: no checkpoint in %s yet; starting this run afresh", self.run_dir)
+            return None  # again) killed before its first checkpoint; a single run's resume=true always finds one
         saved = checkpoint.load(self.checkpoint_path)
         check_resumable(saved["config"], cfg)
         self.model.load_state_dict(saved["model"])
@@ -266,7 +266,7 @@ class RunState:
             group.update(settings)
         if changed:
             self.log.info("resume: optimiser settings changed: %s",
-                     ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
+                          ", ".join(f"train.{k} {a} -> {b}" for k, (a, b) in changed.items()))
         checkpoint.restore_rng_states(saved["rng"], self.data.generator)
         self.data.restore(self.data.generator.get_state())
         self.seen, self.last_cost = saved["sequences_seen"], saved["last_cost"]
@@ -286,7 +286,7 @@ class RunState:
                               "boundary (%s, ...)", key, every, size, at)
         n_params, paper_params = count_parameters(self.model), cfg.paper.params
         self.log.info("%s on %s: %d parameters (paper, %s: %s)", cfg.model.name, cfg.task.name, n_params,
-                 cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
+                      cfg.paper.table or "no table", f"{paper_params:,}" if paper_params else "n/a")
         # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
         # (the checkpoint's own point, at step `seen`, stays)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.seen + 1 if self.seen else None)
@@ -316,7 +316,7 @@ class RunState:
         if restored:
             self.writer.add_scalar("train/restores", self.guard.restores, self.seen)
             self.log.warning("%d non-finite steps in a row: restored the checkpoint at %d sequences (restore %d of %d)",
-                        self.guard.max_bad_steps, self.guard.good_seen, self.guard.restores, self.guard.max_restores)
+                             self.guard.max_bad_steps, self.guard.good_seen, self.guard.restores, self.guard.max_restores)
         return restored
 
     def record(self, cost: torch.Tensor, grad_norm: torch.Tensor) -> bool:
@@ -340,7 +340,7 @@ class RunState:
             skipped = self.guard.skipped_since_checkpoint()
             if skipped and self.seen < self.total:  # unstable since the last one: keep that one
                 self.log.warning("%d non-finite steps since the last checkpoint: not overwriting it at %d sequences",
-                            skipped, self.seen)
+                                 skipped, self.seen)
             else:
                 self.save_checkpoint()
         return logged
@@ -353,7 +353,7 @@ class RunState:
         self.writer.flush()  # events up to this point reach disk before the checkpoint that vouches for them
         if not all(torch.isfinite(p).all() for p in self.params):  # a finite step can still overflow the weights
             self.log.warning("non-finite weights at %d sequences: checkpoint not written, the one at %d sequences is kept",
-                        self.seen, self.guard.good_seen)
+                             self.seen, self.guard.good_seen)
             return False
         if remember:
             self.guard.remember(self.seen)
@@ -396,5 +396,5 @@ class RunState:
             self.save_checkpoint()
         self.writer.close()
         self.log.info("finished: %d sequences, final cost %.4f bits per sequence, best evaluation cost %.4f",
-                 self.seen, self.last_cost, self.best_eval)
+                      self.seen, self.last_cost, self.best_eval)
         return float(self.last_cost if self.cfg.objective == "final_train_cost" else self.best_eval)

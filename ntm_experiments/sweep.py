@@ -135,10 +135,10 @@ def resume_requeued_job(cfg: DictConfig, run_dir: Path, logger: logging.Logger |
     from omegaconf import OmegaConf
 
     from . import checkpoint
+    from .config import resume_kind
 
     path = run_dir / checkpoint.CHECKPOINT_NAME
-    fresh = cfg.resume in (False, None) or str(cfg.resume).lower() == "false"
-    if not (os.environ.get("SUBMITIT_EXECUTOR") and fresh and path.is_file()):
+    if not (os.environ.get("SUBMITIT_EXECUTOR") and resume_kind(cfg.resume) == "no" and path.is_file()):
         return False
     try:
         saved = checkpoint.load(path)
