@@ -71,23 +71,21 @@ class StackedLauncher(Launcher):
             groups.setdefault(stack_key(task_config), []).append(job)
         chunks = [jobs[i:i + self.max_stack] for jobs in groups.values() for i in range(0, len(jobs), self.max_stack)]
         log.info("Launching %d jobs as %d stack(s) of at most %d", len(configs), len(chunks), self.max_stack)
-        returns: dict[int, JobReturn] = {}
-        if self.submitit is not None:
-            for chunk in chunks:
-                for index, overrides, _ in chunk:
-                    log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
-            returns = self._submit(chunks)
-            return [returns[index] for index, _, _ in configs]
         for chunk in chunks:
             for index, overrides, _ in chunk:
                 log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+        if self.submitit is not None:
+            returns = self._submit(chunks)
+            return [returns[index] for index, _, _ in configs]
+        returns: dict[int, JobReturn] = {}
+        for number, chunk in enumerate(chunks):
             if len(chunk) == 1:
                 index, _, sweep_config = chunk[0]
                 returns[index] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
                                          config=sweep_config, job_dir_key="hydra.sweep.dir",
                                          job_subdir_key="hydra.sweep.subdir")
             else:
-                returns.update(self._run_stack(chunk))
+                returns.update(self._run_stack(chunk, number))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[index] for index, _, _ in configs]
 
@@ -108,17 +106,14 @@ class StackedLauncher(Launcher):
             jobs.append(_Job(index, seen["config"], seen["run_dir"], result))
         return jobs
 
-    def _run_stack(self, chunk: list) -> dict[int, JobReturn]:
+    def _run_stack(self, chunk: list, number: int) -> dict[int, JobReturn]:
+        """Stack ``number`` of the sweep (with several GPUs, stack n takes cuda:(n mod count)), here."""
         from ntm_experiments.sweep import run_stacked_jobs
 
         jobs = self._prepare(chunk)
-        self.stacks_run = getattr(self, "stacks_run", 0) + 1
         outcomes = run_stacked_jobs([job.config for job in jobs], [job.run_dir for job in jobs], LOG_FORMAT,
-                                    stack_number=self.stacks_run - 1)
-        for job, outcome in zip(jobs, outcomes):
-            job.result.return_value = outcome
-            job.result.status = JobStatus.COMPLETED
-        return {job.index: job.result for job in jobs}
+                                    stack_number=number)
+        return _completed(jobs, outcomes)
 
     def _submit(self, chunks: list) -> dict[int, JobReturn]:
         """Each stack as one job of a submitit job array (Slurm, or submitit's local executor), with
@@ -153,8 +148,13 @@ class StackedLauncher(Launcher):
                 for job in jobs:
                     mark_failed(job.run_dir, f"the stack's submitit job failed: {failure_line(error)}")
                 outcomes = [None] * len(jobs)
-            for job, outcome in zip(jobs, outcomes):
-                job.result.return_value = outcome
-                job.result.status = JobStatus.COMPLETED
-                returns[job.index] = job.result
+            returns.update(_completed(jobs, outcomes))
         return returns
+
+
+def _completed(jobs: list[_Job], outcomes: list) -> dict[int, JobReturn]:
+    """Each job's JobReturn with its run's objective (None: the run failed, its FAILED file says why)."""
+    for job, outcome in zip(jobs, outcomes):
+        job.result.return_value = outcome
+        job.result.status = JobStatus.COMPLETED
+    return {job.index: job.result for job in jobs}
