@@ -1,7 +1,7 @@
 """The rule by which a training curve of ours is compared with one of the paper's, fixed before any run.
 
 Shared by ``ntm-report`` and any study script; the README names it ("Comparison with the paper's
-curves"). Its constants are guarded by tests (tests/test_report.py): do not change them after
+curves"). Its constants are guarded by tests (tests/test_compare.py): do not change them after
 seeing results.
 
 1. Binning. The paper plots one point per ``WINDOW`` = 10k sequences. A run's logged training
