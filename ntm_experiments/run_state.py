@@ -35,6 +35,9 @@ from .tasks import Batch, Task, make_task
 
 log = logging.getLogger("ntm_experiments.train")
 
+CLIPPED_TAG = "train/clipped_fraction"            # gradient elements beyond train.clip_value, before clipping
+EPS_DOMINANT_TAG = "train/eps_dominant_fraction"  # elements whose train.eps exceeds RMSProp's n - m^2
+
 
 def hparams(cfg: DictConfig) -> dict[str, Any]:
     """Flat {dotted key: scalar} view of the run's settings, for TensorBoard's hparams."""
@@ -106,23 +109,34 @@ class DataStream:
 
 class LoggingWindow:
     """What a TensorBoard point averages: the cost per sequence over every sequence since the
-    last point (so batches of different sizes weigh by their sequences) and the mean gradient
-    norm over its steps."""
+    last point (so batches of different sizes weigh by their sequences), the mean gradient
+    norm over its steps, and the mean optimiser activity (steps.optimizer_activity) over the
+    steps that measured it."""
 
     def __init__(self):
         self.cost_sum = self.grad_norm_sum = 0.0
         self.steps = self.sequences = 0
+        self.clipped_sum = self.eps_dominant_sum = 0.0
+        self.measured = 0
 
-    def add(self, cost: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """cost (B,) bits per sequence of one applied step, its gradient norm ()."""
+    def add(self, cost: torch.Tensor, grad_norm: torch.Tensor, activity: torch.Tensor | None = None) -> None:
+        """cost (B,) bits per sequence of one applied step, its gradient norm (), and when the
+        step measured it its optimizer_activity (2,)."""
         self.cost_sum += cost.sum().item()
         self.grad_norm_sum += grad_norm.item()
         self.steps += 1
         self.sequences += cost.shape[0]
+        if activity is not None:
+            clipped, eps_dominant = activity.tolist()
+            self.clipped_sum += clipped
+            self.eps_dominant_sum += eps_dominant
+            self.measured += 1
 
-    def close(self) -> tuple[float, float]:
-        """(mean cost, bits per sequence; mean gradient norm), and start a new window."""
-        means = self.cost_sum / self.sequences, self.grad_norm_sum / self.steps
+    def close(self) -> tuple[float, float, tuple[float, float] | None]:
+        """(mean cost, bits per sequence; mean gradient norm; mean (clipped, epsilon-dominant)
+        fractions, None when no step measured them), and start a new window."""
+        activity = (self.clipped_sum / self.measured, self.eps_dominant_sum / self.measured) if self.measured else None
+        means = self.cost_sum / self.sequences, self.grad_norm_sum / self.steps, activity
         self.__init__()
         return means
 
@@ -319,19 +333,29 @@ class RunState:
                              self.guard.max_bad_steps, self.guard.good_seen, self.guard.restores, self.guard.max_restores)
         return restored
 
-    def record(self, cost: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """An applied step of cost (B,) bits per sequence: count it, and at the boundaries it
-        crosses log the window's means, evaluate and checkpoint. True when it logged a point."""
+    def measures_activity(self) -> bool:
+        """Whether the next update measures the optimiser's activity: every train.activity_every-th
+        update, counted from the run's start (so a resumed run measures the same updates)."""
+        every = self.cfg.train.activity_every
+        return every > 0 and (self.seen // self.cfg.train.batch_size) % every == 0
+
+    def record(self, cost: torch.Tensor, grad_norm: torch.Tensor, activity: torch.Tensor | None = None) -> bool:
+        """An applied step of cost (B,) bits per sequence (and its optimizer activity (2,) when it
+        measured it): count it, and at the boundaries it crosses log the window's means, evaluate
+        and checkpoint. True when it logged a point."""
         self.guard.finite_step()
         before = self.seen
         self.seen += cost.shape[0]
-        self.window.add(cost, grad_norm)
+        self.window.add(cost, grad_norm, activity)
         crossed = lambda every: self.seen // every > before // every or self.seen == self.total  # noqa: E731
         cfg, logged = self.cfg, crossed(self.cfg.train.log_every)
         if logged:
-            self.last_cost, mean_grad_norm = self.window.close()
+            self.last_cost, mean_grad_norm, activity = self.window.close()
             self.writer.add_scalar(COST_TAG, self.last_cost, self.seen)
             self.writer.add_scalar("train/grad_norm", mean_grad_norm, self.seen)
+            if activity is not None:  # how often the clip and epsilon acted (steps.optimizer_activity)
+                self.writer.add_scalar(CLIPPED_TAG, activity[0], self.seen)
+                self.writer.add_scalar(EPS_DOMINANT_TAG, activity[1], self.seen)
             self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.seen)
         if crossed(cfg.eval.every):  # generalisation suite, on fixed sequences
             results = log_evaluation(self.writer, self.model, self.task, cfg.eval, self.seen, self.device)

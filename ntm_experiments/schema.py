@@ -105,6 +105,7 @@ class TrainConfig:
     fast_path: str = MISSING
     fast_path_core: str = MISSING
     fast_path_min_sequences: int = MISSING
+    activity_every: int = MISSING
 
 
 @dataclass

@@ -72,8 +72,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                 if run.skip_step():  # skipped; after train.max_bad_steps in a row, the last good state
                     stepper.optimizer_reloaded()
                 continue
-            stepper.update(cfg.train.clip_value)  # clip element-wise to (-10, 10) (§4.6), RMSProp step
-            if run.record(cost, grad_norm):  # counted; logged, evaluated, checkpointed at boundaries
+            # clip element-wise to (-10, 10) (§4.6), RMSProp step; some steps measure how often each acts
+            activity = stepper.update(cfg.train.clip_value, run.measures_activity())
+            if run.record(cost, grad_norm, activity):  # counted; logged, evaluated, checkpointed at boundaries
                 bar.set_postfix(cost=f"{run.last_cost:.3f} bits/seq")
             bar.update(batch.batch_size)
         bar.close()
@@ -161,12 +162,15 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                         run.skip_step()
                     except RunError as error:
                         stop_run(i, error)
-            stepper.update(torch.tensor(finite), clip)  # clip each run's gradient (§4.6), RMSProp the finite ones
+            measure = any(run.measures_activity() for run in group)  # the runs step in lockstep
+            # clip each run's gradient (§4.6), RMSProp the finite ones
+            activity = stepper.update(torch.tensor(finite), clip, measure)
             for i, run in enumerate(group):
                 if not finite[i]:
                     continue
                 try:
-                    run.record(costs[i], grad_norms[i])  # counted; logged, evaluated, checkpointed at boundaries
+                    measured = activity[i] if measure and run.measures_activity() else None
+                    run.record(costs[i], grad_norms[i], measured)  # counted; logged, evaluated, checkpointed at boundaries
                     bar.update(costs[i].shape[0])
                     if run.seen >= run.total:
                         results[live[i]], active[i] = run.finish(), False

@@ -10,6 +10,7 @@ import torch
 
 from conftest import compose_config, scalars
 from ntm_experiments.errors import TrainingDiverged
+from ntm_experiments.run_state import CLIPPED_TAG, EPS_DOMINANT_TAG
 from ntm_experiments.train import COST_TAG, train, train_stack
 
 TINY = ["task=copy", "task.max_length=5", "model=ntm_lstm", "model.controller_size=12", "model.memory_rows=8",
@@ -33,7 +34,8 @@ def test_a_run_in_a_stack_is_bitwise_the_run_in_a_stack_of_one(tmp_path, fast_pa
     alone_dir = tmp_path / "one" / "seed3"
     (alone,) = train_stack(configs([3], f"train.fast_path={fast_path}"), [alone_dir])
     assert results[2] == alone
-    assert scalars(stacked_dirs[2], COST_TAG) == scalars(alone_dir, COST_TAG)
+    for tag in (COST_TAG, CLIPPED_TAG, EPS_DOMINANT_TAG):
+        assert scalars(stacked_dirs[2], tag) == scalars(alone_dir, tag)
     stacked_w, alone_w = weights(stacked_dirs[2]), weights(alone_dir)
     assert all(torch.equal(stacked_w[name], alone_w[name]) for name in alone_w)
     # each run is its own: other seeds, other curves; each checkpoint holds its run's weights only
@@ -53,6 +55,10 @@ def test_a_stacked_run_is_the_run_trained_alone_to_float32_rounding(tmp_path, fa
     assert [s for s, _ in stacked] == [s for s, _ in alone] == list(range(40, 401, 40))
     for (_, a), (_, b) in zip(stacked, alone):  # 200 updates
         assert a == pytest.approx(b, rel=1e-4)
+    for tag in (CLIPPED_TAG, EPS_DOMINANT_TAG):  # the same updates measured, the same counts to a rounding
+        stacked, alone = scalars(tmp_path / "stack6", tag), scalars(tmp_path / "alone6", tag)
+        assert [s for s, _ in stacked] == [s for s, _ in alone] == list(range(40, 401, 40))
+        assert [v for _, v in stacked] == pytest.approx([v for _, v in alone], abs=2e-3)
     stacked_w, alone_w = weights(tmp_path / "stack6"), weights(tmp_path / "alone6")
     for name in alone_w:
         torch.testing.assert_close(stacked_w[name], alone_w[name], rtol=1e-4, atol=1e-5)

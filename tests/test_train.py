@@ -7,9 +7,12 @@ import math
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ntm_experiments.train as train_module
 from conftest import MODELS, TASKS, compose_config, scalars
+from ntm_experiments.fast.steps import optimizer_activity
+from ntm_experiments.run_state import CLIPPED_TAG, EPS_DOMINANT_TAG
 from ntm_experiments.train import COST_TAG, train
 
 SHORT = ["train.total_sequences=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=4", "eval.sequences=4",
@@ -120,3 +123,39 @@ def test_logged_cost_is_the_sequence_weighted_mean_of_the_windows_batch_costs(tm
     last_batch, mean_of_means = float(window[-1].mean()), sum(float(c.mean()) for c in window) / len(window)
     assert logged[-1][1] != pytest.approx(last_batch, rel=1e-3)
     assert logged[-1][1] != pytest.approx(mean_of_means, rel=1e-3)
+
+
+def test_optimizer_activity_counts_clipped_elements_and_where_epsilon_exceeds_the_variance():
+    grads = torch.tensor([[0.5, -12.0, 10.0, 11.0], [0.0, 0.0, 0.0, -30.0]])  # two runs' rows
+    square_avg = torch.tensor([[1.0, 1e-5, 4.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    grad_avg = torch.tensor([[0.0, 0.0, 1.9, 0.0], [1.414, 0.0, 0.0, 0.0]])  # n - m^2: 1, 1e-5, 0.39, 0 | 6e-4, 2, 2, 2
+    activity = optimizer_activity(grads, square_avg, grad_avg, torch.tensor([[10.0], [40.0]]), 1e-4)
+    # run 0: |g| > 10 for -12 and 11 (10 itself is not clipped); eps 1e-4 > 1e-5 and > 0
+    # run 1: nothing beyond 40; 2 - 1.414^2 = 6.1e-4 is above eps
+    assert activity.tolist() == [[0.5, 0.5], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("clip, every, expect", [("1e-12", 1, "all"), ("1e9", 2, "none"), ("10", 0, "absent")])
+def test_a_run_logs_how_often_the_clip_and_epsilon_act(tmp_path, clip, every, expect):
+    cfg = compose_config("task=copy", "task.max_length=4", "model=ntm_ff", "model.controller_size=8",
+                         "model.memory_rows=8", "model.memory_width=4", "train.total_sequences=64",
+                         "train.batch_size=4", "train.log_every=32", "train.checkpoint_every=64", f"train.clip_value={clip}",
+                         f"train.activity_every={every}", "eval.every=64", "eval.sequences=4", "eval.pictures=false",
+                         "progress=false")
+    train(cfg, tmp_path)
+    if expect == "absent":
+        assert scalars(tmp_path, COST_TAG) and not {CLIPPED_TAG, EPS_DOMINANT_TAG} & set(scalar_tags(tmp_path))
+        return
+    clipped, eps_dominant = scalars(tmp_path, CLIPPED_TAG), scalars(tmp_path, EPS_DOMINANT_TAG)
+    assert [s for s, _ in clipped] == [s for s, _ in eps_dominant] == [32, 64]
+    values = [v for _, v in clipped]
+    # a clip of 1e-12 acts on every element with a gradient: most of them (a few parameters get none)
+    assert all(v > 0.5 for v in values) if expect == "all" else values == [0.0, 0.0]
+    # the first update's n - m^2 is d (1 - d) g^2 ~ 0.05 g^2: below eps for every small gradient
+    assert all(0.0 < v <= 1.0 for _, v in eps_dominant)
+
+
+def scalar_tags(run_dir) -> list[str]:
+    accumulator = EventAccumulator(str(run_dir))
+    accumulator.Reload()
+    return accumulator.Tags()["scalars"]

@@ -30,7 +30,7 @@ import torch
 from ..models.ntm import NTM
 from ..tasks.base import Batch
 from .cores import build_core, default_core
-from .steps import NATS_PER_BIT, FastStep
+from .steps import NATS_PER_BIT, FastStep, optimizer_activity
 
 ROW_ALIGN = 64  # floats: a row's length is a multiple of every vector loop's block on the CPU
 
@@ -50,6 +50,7 @@ class FlatParameters:
         self.K, self.P = len(param_lists), -(-size // ROW_ALIGN) * ROW_ALIGN
         self.values = first[0].new_zeros(self.K, self.P)
         self.grads = torch.zeros_like(self.values)
+        self.size = size  # a row's parameters; the rest of a row (to P) is padding
         self.offsets = []  # (offset, size, shape) of each parameter in a row, the same in every row
         offset = 0
         for p in first:
@@ -221,10 +222,18 @@ class StackedStep:
         return list(groups.values())
 
     @torch.no_grad()
-    def update(self, active: torch.Tensor, clip_values: torch.Tensor) -> None:
+    def update(self, active: torch.Tensor, clip_values: torch.Tensor, measure: bool = False) -> torch.Tensor | None:
         """Clip each run's gradient element-wise to (-clip_k, clip_k) (§4.6), then one RMSProp step
-        of the runs where ``active`` (K,) is set."""
+        of the runs where ``active`` (K,) is set; with ``measure``, each run's optimizer_activity
+        (K, 2) (steps.py)."""
         with self.threads():
             clip = clip_values.to(self.flat.grads)[:, None]
+            size = self.flat.size
+            clipped = self.flat.grads[:, :size].clone() if measure else None
             self.flat.grads.clamp_(min=-clip, max=clip)
             self.optimizer.step(active.to(self.flat.grads.device))
+            if clipped is None:
+                return None
+            state = self.optimizer.state
+            return optimizer_activity(clipped, state["square_avg"][:, :size], state["grad_avg"][:, :size], clip,
+                                      self.optimizer.eps)

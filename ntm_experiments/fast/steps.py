@@ -4,7 +4,10 @@ A training step is two halves, so the loop can skip a step whose loss or gradien
 finite (train.max_bad_steps) without ever applying it:
 
   forward_backward(batch) -> cost (B,) in bits, gradient norm   (model, cost, backward)
-  update(clip_value)                                            (clip, RMSProp)
+  update(clip_value, measure)                                   (clip, RMSProp)
+
+``update(..., measure=True)`` also returns how often clipping and RMSProp's epsilon acted in
+that update (``optimizer_activity``): train.activity_every says which updates measure it.
 
 PlainStep runs both in eager PyTorch. FastStep is the same arithmetic made cheap to launch:
   - NTM models run one of the cores in cores.CORES (``core``; default: native on the CPU, step
@@ -59,6 +62,23 @@ def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, float("inf"))
 
 
+def optimizer_activity(grads: torch.Tensor, square_avg: torch.Tensor, grad_avg: torch.Tensor, clip_value,
+                       eps) -> torch.Tensor:
+    """How often an update's two limits act, per run: (..., 2) = [the fraction of gradient
+    elements beyond the clip value (before clipping; §4.6), the fraction of elements whose
+    epsilon exceeds n - m^2, the running variance it is added to (after the update; eq. 40 of
+    Graves 2013), so that epsilon, not the gradient's spread, sets most of the divisor].
+    grads, square_avg, grad_avg: (..., P) flattened parameters (a run's, or K runs' rows);
+    clip_value, eps: numbers or (..., 1) columns."""
+    clipped = (grads.abs() > clip_value).sum(-1)
+    eps_dominant = (square_avg.addcmul(grad_avg, grad_avg, value=-1) < eps).sum(-1)
+    return torch.stack([clipped, eps_dominant], dim=-1).double() / grads.shape[-1]
+
+
+def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
 class PlainStep:
     """Eager PyTorch: the reference the fast path is tested against."""
 
@@ -84,9 +104,19 @@ class PlainStep:
         """Gradients of the batch's loss into ``p.grad``; returns (cost (B,) bits, grad norm)."""
         return self._forward_backward(batch)
 
-    def update(self, clip_value: float) -> None:
+    def update(self, clip_value: float, measure: bool = False) -> torch.Tensor | None:
+        """Clip element-wise (§4.6), one RMSProp step; with ``measure``, optimizer_activity (2,)."""
+        clipped = _flat([p.grad for p in self.params]) if measure else None
         torch.nn.utils.clip_grad_value_(self.params, clip_value)  # element-wise, §4.6
         self.optimizer.step()
+        return None if clipped is None else self._activity(clipped, clip_value)
+
+    @torch.no_grad()
+    def _activity(self, grads: torch.Tensor, clip_value: float) -> torch.Tensor:
+        states = [self.optimizer.state[p] for p in self.params]
+        eps = self.optimizer.param_groups[0]["eps"]
+        return optimizer_activity(grads, _flat([s["square_avg"] for s in states]),
+                                  _flat([s["grad_avg"] for s in states]), clip_value, eps)
 
     def optimizer_reloaded(self) -> None:
         """Called after ``optimizer.load_state_dict`` (a restore): nothing to redo here."""
@@ -168,13 +198,15 @@ class FastStep(PlainStep):
                  "x".join(map(str, batch.inputs.shape)), time.perf_counter() - start)
         return graph, static, cost, norm
 
-    def update(self, clip_value: float) -> None:
+    def update(self, clip_value: float, measure: bool = False) -> torch.Tensor | None:
         if not self.graphs:
             with self.threads():
-                return super().update(clip_value)
+                return super().update(clip_value, measure)
+        clipped = _flat([p.grad for p in self.params]) if measure else None  # a copy, before the graph clips
         if self.update_graph is None or self.update_clip != clip_value:
             self.update_graph, self.update_clip = self._capture_update(clip_value), clip_value
         self.update_graph.replay()
+        return None if clipped is None else self._activity(clipped, clip_value)
 
     def _capture_update(self, clip_value: float) -> torch.cuda.CUDAGraph:
         # Captured without a warm-up run (a run would change the weights): the optimiser's
