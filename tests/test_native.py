@@ -28,7 +28,8 @@ STACKED_VARIANTS = ["lstm, 2 layers, 2 heads each", "ff, 3 layers, 1 read 3 writ
 
 def stack_of_models(variant: str, runs: int, batch_size: int, dtype=torch.float64, length: int = 4):
     """``runs`` models of one of test_fast's VARIANTS, each from its own seed (so their weights
-    differ), inputs (K, T, B, I) with each run's own sequences, and a cotangent (K, T, B, O)."""
+    differ), inputs [(T_k, B, I)] with each run's own sequences and its own length (run k: copy
+    length ``length`` + 2 (k mod 3), so T_k = 2 length + 1 + 4 (k mod 3)), and cotangents [(T_k, B, O)]."""
     cfg = compose_config("task=copy", *SMALL["ntm_lstm"], *VARIANTS[variant])
     task = make_task(cfg.task)
     models = []
@@ -36,8 +37,9 @@ def stack_of_models(variant: str, runs: int, batch_size: int, dtype=torch.float6
         torch.manual_seed(run)
         models.append(make_model(cfg.model, task.input_width, task.output_width).to(dtype))
     generator = torch.Generator().manual_seed(1)
-    inputs = torch.stack([task.sample(batch_size, generator, length=length).inputs for _ in range(runs)]).to(dtype)
-    cotangent = torch.randn(*inputs.shape[:3], task.output_width, generator=generator, dtype=torch.float64).to(dtype)
+    inputs = [task.sample(batch_size, generator, length=length + 2 * (run % 3)).inputs.to(dtype) for run in range(runs)]
+    cotangent = [torch.randn(*x.shape[:2], task.output_width, generator=generator, dtype=torch.float64).to(dtype)
+                 for x in inputs]
     return models, inputs, cotangent
 
 
@@ -46,27 +48,29 @@ def run_and_gradients(models, forward, inputs, cotangent):
     for model in models:
         model.zero_grad(set_to_none=True)
     logits = forward(inputs)
-    (logits * cotangent).sum().backward()
-    return logits.detach(), [{n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad} for m in models]
+    sum((out * c).sum() for out, c in zip(logits, cotangent)).backward()
+    return [out.detach() for out in logits], [{n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad} for m in models]
 
 
 def plain(models):
-    return lambda inputs: torch.stack([model(x) for model, x in zip(models, inputs)])
+    return lambda inputs: [model(x) for model, x in zip(models, inputs)]
 
 
 @pytest.mark.parametrize("samples_per_unit", [8, 3])
 @pytest.mark.parametrize("variant", STACKED_VARIANTS)
 def test_stacked_core_is_each_models_function_in_float64(variant, samples_per_unit):
-    """Three runs of different weights and data, 10 samples each (units of 8 + 2, or 3 + 3 + 3 + 1
-    samples, so a run's weight gradients are the sum of several units'): each run's logits and
-    each of its model's gradients are NTM.forward's and autograd's to 1e-10."""
+    """Three runs of different weights, data and sequence lengths (9, 13, 17 steps), 10 samples
+    each (units of 8 + 2, or 3 + 3 + 3 + 1 samples, so a run's weight gradients are the sum of
+    several units'): each run's logits and each of its model's gradients are NTM.forward's and
+    autograd's to 1e-10."""
     models, inputs, cotangent = stack_of_models(variant, runs=3, batch_size=10)
     core = StackedNativeNTM(models)
     core.samples_per_unit = samples_per_unit
     logits_p, grads_p = run_and_gradients(models, plain(models), inputs, cotangent)
     logits_c, grads_c = run_and_gradients(models, core, inputs, cotangent)
-    assert logits_c.shape == inputs.shape[:3] + (logits_p.shape[-1],)
-    torch.testing.assert_close(logits_c, logits_p, rtol=0, atol=1e-10)
+    assert [x.shape[0] for x in logits_c] == [x.shape[0] for x in inputs] == [9, 13, 17]
+    for mine, theirs in zip(logits_c, logits_p):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-10)
     for run, (mine, theirs) in enumerate(zip(grads_c, grads_p)):
         assert mine.keys() == theirs.keys()
         for name in theirs:
@@ -76,14 +80,16 @@ def test_stacked_core_is_each_models_function_in_float64(variant, samples_per_un
 
 @pytest.mark.parametrize("variant", STACKED_VARIANTS)
 def test_a_run_in_a_stack_is_bitwise_the_run_alone(variant):
-    """float32: run k of a stack of 3 gives the same logits and gradients, bit for bit, as the
-    same model in a stack of one and as NativeNTM (the single-run core, also a stack of one)."""
+    """float32: run k of a stack of 3 (each run its own length) gives the same logits and gradients,
+    bit for bit, as the same model in a stack of one and as NativeNTM (the single-run core, also a
+    stack of one)."""
     models, inputs, cotangent = stack_of_models(variant, runs=3, batch_size=10, dtype=torch.float32)
     logits, grads = run_and_gradients(models, StackedNativeNTM(models), inputs, cotangent)
     for run, model in enumerate(models):
         alone = run_and_gradients([model], StackedNativeNTM([model]), inputs[run:run + 1], cotangent[run:run + 1])
-        single = run_and_gradients([model], NativeNTM(model), inputs[run], cotangent[run])
-        for other_logits, other_grads in ((alone[0][0], alone[1][0]), (single[0], single[1][0])):
+        single = run_and_gradients([model], lambda x: [NativeNTM(model)(x[0])], inputs[run:run + 1],
+                                   cotangent[run:run + 1])
+        for other_logits, other_grads in ((alone[0][0], alone[1][0]), (single[0][0], single[1][0])):
             assert torch.equal(logits[run], other_logits), f"run {run}: logits"
             for name, grad in grads[run].items():
                 assert torch.equal(grad, other_grads[name]), f"run {run}: {name}"
@@ -99,12 +105,13 @@ def test_native_results_do_not_depend_on_the_thread_count(variant):
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            results[count] = (run_and_gradients(models[:1], NativeNTM(models[0]), inputs[0], cotangent[0]),
+            results[count] = (run_and_gradients(models[:1], lambda x: [NativeNTM(models[0])(x[0])], inputs[:1],
+                                                cotangent[:1]),
                               run_and_gradients(models, StackedNativeNTM(models), inputs, cotangent))
     finally:
         torch.set_num_threads(threads)
     for one, two in zip(results[1], results[2]):
-        assert torch.equal(one[0], two[0])
+        assert all(torch.equal(a, b) for a, b in zip(one[0], two[0]))
         for grads_one, grads_two in zip(one[1], two[1]):
             for name in grads_one:
                 assert torch.equal(grads_one[name], grads_two[name]), name
@@ -117,8 +124,10 @@ def test_stacked_core_takes_only_one_structure_and_its_own_stack():
         StackedNativeNTM([models[0], others[0]])
     with pytest.raises(ValueError, match="needs at least one model"):
         StackedNativeNTM([])
-    with pytest.raises(ValueError, match=r"inputs must be \(K=2, T, B, I\)"):
-        StackedNativeNTM(models)(inputs[0])
+    with pytest.raises(ValueError, match=r"inputs must be 2 tensors \(T_k, B, I\) of one B and I"):
+        StackedNativeNTM(models)(inputs[:1])
+    with pytest.raises(ValueError, match=r"inputs must be 2 tensors"):
+        StackedNativeNTM(models)([inputs[0], inputs[1][:, :1]])
 
 
 def test_work_units_are_a_fixed_number_of_samples():
@@ -195,7 +204,7 @@ def test_native_core_runs_in_a_forked_child_after_its_threads_started():
         code = 1
         try:
             again = run_and_gradients(models, core, inputs, cotangent)
-            code = 0 if torch.equal(again[0], expected[0]) else 2
+            code = 0 if all(torch.equal(a, b) for a, b in zip(again[0], expected[0])) else 2
         finally:
             os._exit(code)
     deadline = time.monotonic() + 60

@@ -94,3 +94,48 @@ def test_a_stacked_runs_checkpoint_resumes_alone_and_the_curve_goes_on(tmp_path)
     assert [s for s, _ in resumed] == [s for s, _ in whole]
     for (_, a), (_, b) in zip(resumed, whole):
         assert a == pytest.approx(b, rel=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_native_update_is_the_aten_update_with_its_activity(dtype):
+    """native.cpp's rmsprop (clip and Graves's RMSProp in one pass, a run per work unit) against
+    StackedGravesRMSprop.step after clamping (the ATen form): three runs with their own settings,
+    clip values and gradients, one of them inactive (left untouched, state too), over three
+    updates; the same weights and state to rounding, and each run's activity counted as
+    optimizer_activity counts it. (ATen's vectorised kernels round a few elements an ulp apart.)"""
+    from ntm_experiments.fast.native import load_extension
+    from ntm_experiments.fast.stacked import FlatParameters, StackedGravesRMSprop
+    from ntm_experiments.fast.steps import optimizer_activity
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(7, 5), (3,), (70,)]  # 108 values: rows padded to 128
+    rows = [[torch.nn.Parameter(torch.randn(*shape, generator=generator, dtype=dtype)) for shape in shapes]
+            for _ in range(3)]
+    settings = [dict(lr=1e-2, decay=0.95, momentum=0.9, eps=1e-4), dict(lr=3e-3, decay=0.9, momentum=0.5, eps=1e-2),
+                dict(lr=1e-1, decay=0.99, momentum=0.0, eps=1e-6)]
+    pair = []
+    for _ in range(2):
+        flat = FlatParameters([[torch.nn.Parameter(p.detach().clone()) for p in run] for run in rows])
+        pair.append((flat, StackedGravesRMSprop(flat, settings)))
+    (flat_a, aten), (flat_n, native) = pair
+    clip = torch.tensor([1.0, 0.5, 100.0], dtype=dtype)
+    active = torch.tensor([True, False, True])
+    extension = load_extension()
+    for step in range(3):
+        grads = torch.randn(3, flat_a.size, generator=generator, dtype=dtype) * 2
+        for flat in (flat_a, flat_n):
+            flat.grads.zero_()
+            flat.grads[:, :flat.size] = grads
+        clipped = flat_a.grads[:, :flat_a.size].clone()
+        flat_a.grads.clamp_(min=-clip[:, None], max=clip[:, None])
+        aten.step(active)
+        activity = native.clip_and_step_native(extension, active, clip, threads=2)
+        for a, b in [(flat_a.values, flat_n.values), *((aten.state[k], native.state[k]) for k in aten.KEYS)]:
+            torch.testing.assert_close(b, a, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-7 if dtype == torch.float32 else 1e-16)
+        expected = optimizer_activity(clipped, aten.state["square_avg"][:, :flat_a.size],
+                                      aten.state["grad_avg"][:, :flat_a.size], clip[:, None], aten.eps)
+        assert activity[1].tolist() == [0.0, 0.0]  # the inactive run
+        torch.testing.assert_close(activity[[0, 2]], expected[[0, 2]], rtol=0, atol=1.5 / flat_a.size)
+        assert activity[0, 0] > 0.3 and activity[2, 0] == 0.0  # a clip of 1 acts on N(0, 4) gradients, 100 does not
+    assert torch.equal(flat_n.values[1], torch.cat([p.detach().reshape(-1) for p in rows[1]]).new_zeros(128).index_copy(
+        0, torch.arange(flat_n.size), torch.cat([p.detach().reshape(-1) for p in rows[1]])))  # untouched

@@ -547,6 +547,9 @@ constexpr int64_t kFixed = 8;
 inline int64_t layer_slots(bool lstm) { return lstm ? 4 : 2; }
 
 template <typename T> inline T* ptr(const at::Tensor& t) { return t.data_ptr<T>(); }
+// run k's slice of a (runs, ...) weight or bias: its rows may sit anywhere (stride(0)), each
+// run's own values contiguous (a stack's weights can be views of one (runs, P) parameter buffer)
+template <typename T> inline const T* run_ptr(const at::Tensor& t, int64_t k) { return ptr<T>(t) + k * t.stride(0); }
 
 Dims make_dims(int64_t runs, int64_t T_, int64_t B, int64_t N, int64_t M, int64_t R, int64_t W, int64_t K, int64_t C,
                int64_t L, bool lstm) {
@@ -573,7 +576,8 @@ template <typename T>
 void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const std::vector<at::Tensor>& ctrl0,
                   const at::Tensor& reads0, const at::Tensor& weights0, const at::Tensor& memory0,
                   const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias,
-                  const at::Tensor& hidden_out, const at::Tensor& reads_out, const std::vector<at::Tensor>& buf) {
+                  const at::Tensor& hidden_out, const at::Tensor& reads_out, const std::vector<at::Tensor>& buf,
+                  int64_t Tk) {
   const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P, X = d.X;
   const int64_t n = u.n, k = u.run, G = gate_width(d);
   const Work o(d);
@@ -605,19 +609,19 @@ void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const 
     }
   }
   const T* xp = ptr<T>(x_proj);
-  const T* heads_w = ptr<T>(weight[L]) + k * P * C;
-  const T* heads_b = ptr<T>(bias[L - 1]) + k * P;
+  const T* heads_w = run_ptr<T>(weight[L], k);
+  const T* heads_b = run_ptr<T>(bias[L - 1], k);
   std::vector<T> scratch((d.W + 2) * M);
   const int64_t in0 = in_width(d, 0);
-  for (int64_t t = 0; t < T_; ++t) {
+  for (int64_t t = 0; t < Tk; ++t) {  // the run's own length; its rows past it are zeros
     const int64_t conv = (k * T_ + t) * B + u.b0;  // the unit's first row in (runs, T, B, .) tensors
     // controller: pre-activations = [x projection (layer 0) or bias] + input W^T, then the nonlinearity
     for (int64_t l = 0; l < L; ++l) {
       const int64_t width = in_width(d, l), below = below_width(d, l);
       T* pre = act[l] + t * n * G;
       if (l == 0) std::copy_n(xp + conv * G, n * G, pre);
-      else for (int64_t j = 0; j < n; ++j) std::copy_n(ptr<T>(bias[l - 1]) + k * G, G, pre + j * G);
-      gemm_nt<T>(n, G, width, in[l] + t * n * width, width, ptr<T>(weight[l]) + k * G * width, width, T(1), pre, G);
+      else for (int64_t j = 0; j < n; ++j) std::copy_n(run_ptr<T>(bias[l - 1], k), G, pre + j * G);
+      gemm_nt<T>(n, G, width, in[l] + t * n * width, width, run_ptr<T>(weight[l], k), width, T(1), pre, G);
       T* up = l + 1 < L ? in[l + 1] + t * n * in_width(d, l + 1) : nullptr;  // the layer above's input
       const int64_t up_width = l + 1 < L ? in_width(d, l + 1) : 0;
       T* top = l + 1 == L ? ptr<T>(hidden_out) + conv * C : nullptr;
@@ -662,10 +666,16 @@ void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const 
       std::copy_n(reads, RM, ptr<T>(reads_out) + (conv + j) * RM);
     }
   }
+  for (int64_t t = Tk; t < T_; ++t) {
+    const int64_t conv = (k * T_ + t) * B + u.b0;
+    std::fill_n(ptr<T>(hidden_out) + conv * C, n * C, T(0));
+    std::fill_n(ptr<T>(reads_out) + conv * RM, n * RM, T(0));
+  }
 }
 
 template <typename T>
 std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threads, const at::Tensor& x_proj,
+                                     const at::Tensor& lengths,
                                      const std::vector<at::Tensor>& ctrl0, const at::Tensor& reads0,
                                      const at::Tensor& weights0, const at::Tensor& memory0,
                                      const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias) {
@@ -673,7 +683,8 @@ std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threa
   auto opts = x_proj.options();
   auto hidden = at::empty({d.runs, T_, d.B, C}, opts);
   auto reads = at::empty({d.runs, T_, d.B, d.R * d.M}, opts);
-  auto meta = at::tensor({d.runs, d.B, slice}, at::kLong);
+  auto meta = at::cat({at::tensor({d.runs, d.B, slice}, at::kLong), lengths});  // [runs, B, slice, each run's T]
+  const int64_t* Tk = ptr<int64_t>(lengths);
   std::vector<at::Tensor> buf = {at::empty({rows * T_, d.P}, opts), at::empty({rows * (T_ + 1), d.N * d.M}, opts),
                                  at::empty({rows * (T_ + 1), d.H * d.N}, opts), at::empty({rows * T_, d.H * d.X}, opts),
                                  at::empty({rows * T_, d.N}, opts)};
@@ -687,7 +698,8 @@ std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threa
   }
   const auto units = make_units(d.runs, d.B, slice);
   for_each_unit(static_cast<int64_t>(units.size()), threads, [&](int64_t u) {
-    forward_unit<T>(d, units[u], x_proj, ctrl0, reads0, weights0, memory0, weight, bias, hidden, reads, buf);
+    forward_unit<T>(d, units[u], x_proj, ctrl0, reads0, weights0, memory0, weight, bias, hidden, reads, buf,
+                    Tk[units[u].run]);
   });
   std::vector<at::Tensor> result = {hidden, reads, meta};
   result.insert(result.end(), buf.begin(), buf.end());
@@ -700,9 +712,9 @@ std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threa
 template <typename T>
 void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<at::Tensor>& saved,
                    const at::Tensor& d_hidden, const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
-                   const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& unit_grads) {
+                   const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& unit_grads, int64_t Tk) {
   const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P, X = d.X;
-  const int64_t n = u.n, k = u.run, G = gate_width(d), rows = T_ * n;
+  const int64_t n = u.n, k = u.run, G = gate_width(d), rows = Tk * n;  // the run's own length
   const Work o(d);
   const T* par = unit_rows<T>(saved[3], d, u, T_, P);
   const T* mem = unit_rows<T>(saved[4], d, u, T_ + 1, N * M);
@@ -732,9 +744,9 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
       dh_top(n * C);
   const int64_t scratch_size = (H + 1) * N + d.K + (3 * d.W + 2) * M + RM;
   std::vector<T> scratch(scratch_size);
-  const T* heads_w = ptr<T>(weight[L]) + k * P * C;
+  const T* heads_w = run_ptr<T>(weight[L], k);
   const int64_t in0 = in_width(d, 0);
-  for (int64_t t = T_ - 1; t >= 0; --t) {
+  for (int64_t t = Tk - 1; t >= 0; --t) {
     const int64_t conv = (k * T_ + t) * B + u.b0;
     // the memory step: its reads get the output layer's gradient and the next step's controller's
     T* dp_t = dpar.data() + t * n * P;
@@ -784,7 +796,7 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
           for (int64_t c = 0; c < C; ++c) gb[c] = dh_j[c] * (T(1) - y[c] * y[c]);
         }
       }
-      gemm_nn<T>(n, width, G, g, G, ptr<T>(weight[l]) + k * G * width, width, T(0), d_in[l].data(), width);
+      gemm_nn<T>(n, width, G, g, G, run_ptr<T>(weight[l], k), width, T(0), d_in[l].data(), width);
     }
   }
   // the gradients at the initial state, in the outputs' rows of this unit's samples
@@ -801,8 +813,11 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
   std::copy_n(dw.data(), n * H * N, ptr<T>(out[slot + 1]) + first * H * N);
   std::copy_n(dmem.data(), n * N * M, ptr<T>(out[slot + 2]) + first * N * M);
   // the gradient at the x projection (runs, T, B, G)
-  for (int64_t t = 0; t < T_; ++t)
-    std::copy_n(dpre[0].data() + t * n * G, n * G, ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G);
+  for (int64_t t = 0; t < T_; ++t) {  // zeros past the run's length
+    T* row = ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G;
+    if (t < Tk) std::copy_n(dpre[0].data() + t * n * G, n * G, row);
+    else std::fill_n(row, n * G, T(0));
+  }
   // each loop weight's gradient over this unit's T n rows: [weight_0, weight_1, bias_1, ..., heads w, heads b]
   int64_t g = 0;
   for (int64_t l = 0; l <= L; ++l) {
@@ -839,6 +854,7 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
                                       int64_t threads) {
   const int64_t runs = d.runs, B = d.B, C = d.C, L = d.L, G = gate_width(d);
   const int64_t slice = saved[2][2].item<int64_t>();
+  const int64_t* Tk = ptr<int64_t>(saved[2]) + 3;  // each run's length (forward's meta)
   auto opts = d_hidden.options();
   // [d x_proj, d ctrl0..., d reads0, d weights0, d memory0], each filled by the units in place
   std::vector<at::Tensor> out = {at::empty({runs, d.T, B, G}, opts)};
@@ -858,7 +874,7 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
     if (l > 0) unit_grads.push_back(at::empty({count, rows}, opts));
   }
   for_each_unit(count, threads, [&](int64_t u) {
-    backward_unit<T>(d, u, units[u], saved, d_hidden, d_reads, weight, out, unit_grads);
+    backward_unit<T>(d, u, units[u], saved, d_hidden, d_reads, weight, out, unit_grads, Tk[units[u].run]);
   });
   // a run's weight gradients: its units' summed in order, the same on any number of threads (in
   // plain loops, not ATen's: no parallel region whose threads could wait on a parked thread)
@@ -886,21 +902,25 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
   return out;
 }
 
-void check(const at::Tensor& t, const at::Tensor& like, int64_t runs, const char* name) {
+void check(const at::Tensor& t, const at::Tensor& like, int64_t runs, const char* name, bool any_run_stride = false) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must be ", like.scalar_type());
-  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
   TORCH_CHECK(t.dim() >= 2 && t.size(0) == runs, name, " must have the runs dimension first (", runs, ")");
+  // weights and biases: each run's values contiguous, the runs at any stride; the rest contiguous
+  TORCH_CHECK(any_run_stride ? t[0].is_contiguous() && (runs == 1 || t.stride(0) >= t[0].numel()) : t.is_contiguous(), name,
+              any_run_stride ? " must be contiguous within each run" : " must be contiguous");
 }
 
 // Every argument has a leading runs dimension (a single run is a stack of one).
 // x_proj (runs, T, B, G0): the external input's share of the first controller layer, its bias
-// included. ctrl0: LSTM [h_0, c_0, ..., h_{L-1}, c_{L-1}] (runs, B, C) each; FF: empty.
+// included; lengths (runs,) int64: each run's own number of time steps, 1..T (a run's rows past
+// its length are ignored in x_proj and zero in the outputs; its arithmetic is that of a
+// sequence of its own length). ctrl0: LSTM [h_0, c_0, ..., h_{L-1}, c_{L-1}] (runs, B, C) each; FF: empty.
 // reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M). weight: L controller
 // layers (layer 0's recurrent columns only) and the heads, each (runs, out, in); bias: layers
 // 1..L-1 and the heads, each (runs, out). slice: samples per work unit; threads: the most threads
 // to use (0: ATen's count).
-std::vector<at::Tensor> forward(at::Tensor x_proj, std::vector<at::Tensor> ctrl0, at::Tensor reads0, at::Tensor weights0,
+std::vector<at::Tensor> forward(at::Tensor x_proj, at::Tensor lengths, std::vector<at::Tensor> ctrl0, at::Tensor reads0, at::Tensor weights0,
                                 at::Tensor memory0, std::vector<at::Tensor> weight, std::vector<at::Tensor> bias,
                                 int64_t R, int64_t W, int64_t K, bool lstm, int64_t slice, int64_t threads) {
   const int64_t L = static_cast<int64_t>(weight.size()) - 1;
@@ -911,8 +931,12 @@ std::vector<at::Tensor> forward(at::Tensor x_proj, std::vector<at::Tensor> ctrl0
   const int64_t runs = x_proj.size(0);
   for (const auto* t : {&x_proj, &reads0, &weights0, &memory0}) check(*t, x_proj, runs, "state");
   for (const auto& t : ctrl0) check(t, x_proj, runs, "controller state");
-  for (const auto& t : weight) check(t, x_proj, runs, "weight");
-  for (const auto& t : bias) check(t, x_proj, runs, "bias");
+  for (const auto& t : weight) check(t, x_proj, runs, "weight", true);
+  for (const auto& t : bias) check(t, x_proj, runs, "bias", true);
+  TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong && lengths.dim() == 1 &&
+              lengths.size(0) == runs && lengths.is_contiguous(), "lengths must be a contiguous (runs,) int64 tensor");
+  TORCH_CHECK(x_proj.size(1) >= 1 && lengths.min().item<int64_t>() >= 1 &&
+              lengths.max().item<int64_t>() <= x_proj.size(1), "every run's length must be in 1..T");
   const int64_t C = weight[L].size(2);
   const Dims d = make_dims(runs, x_proj.size(1), x_proj.size(2), memory0.size(2), memory0.size(3), R, W, K, C, L, lstm);
   TORCH_CHECK(weight[L].size(1) == d.P, "heads weight must have ", d.P, " rows");
@@ -926,7 +950,7 @@ std::vector<at::Tensor> forward(at::Tensor x_proj, std::vector<at::Tensor> ctrl0
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "ntm_forward", [&] {
-    result = forward_impl<scalar_t>(d, slice, threads, x_proj, ctrl0, reads0, weights0, memory0, weight, bias);
+    result = forward_impl<scalar_t>(d, slice, threads, x_proj, lengths, ctrl0, reads0, weights0, memory0, weight, bias);
   });
   return result;
 }
@@ -943,7 +967,7 @@ std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hid
   const int64_t runs = d_hidden.size(0);
   check(d_hidden, saved[0], runs, "d_hidden");
   check(d_reads, saved[0], runs, "d_reads");
-  for (const auto& t : weight) check(t, saved[0], runs, "weight");
+  for (const auto& t : weight) check(t, saved[0], runs, "weight", true);
   TORCH_CHECK(d_hidden.sizes() == saved[0].sizes() && d_reads.sizes() == saved[1].sizes(),
               "d_hidden and d_reads must have the forward's outputs' shapes");
   const at::Tensor& memory = saved[4];
@@ -958,9 +982,85 @@ std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hid
   return result;
 }
 
+// ------------------------------------------------------------------ the optimiser, per run
+// One update of K runs' flattened parameters (rows of (K, P) buffers), each run a work unit: its
+// gradient clipped element-wise to (-clip_k, clip_k) (§4.6), then Graves's centred RMSProp with
+// momentum (optim.py; stacked.py's StackedGravesRMSprop is the same update in ATen):
+//   n = d n + (1-d) g^2;  m = d m + (1-d) g;  D = mom D - lr g / sqrt(n - m^2 + eps);  w += D
+// in that order of operations, each a float32 (or float64) operation. settings (K, 5): per run
+// [d, 1 - d, mom, eps, -lr]; clip (K,); active (K,) bool: the runs to update (the others, and
+// their state, untouched). Only the first `size` values of a row are parameters (the rest is
+// padding). Returns (K, 2) float64: per run, the fractions of its parameters whose gradient was
+// beyond the clip value and whose eps exceeds n - m^2 after the update (steps.optimizer_activity).
+template <typename T>
+void rmsprop_impl(const at::Tensor& values, const at::Tensor& grads, const at::Tensor& n_avg, const at::Tensor& m_avg,
+                  const at::Tensor& delta, const at::Tensor& settings, const at::Tensor& clip, const at::Tensor& active,
+                  int64_t size, int64_t threads, const at::Tensor& activity) {
+  const int64_t runs = values.size(0), P = values.size(1);
+  for_each_unit(runs, threads, [&](int64_t k) {
+    double* act = ptr<double>(activity) + 2 * k;
+    act[0] = act[1] = 0.0;
+    if (!ptr<bool>(active)[k]) return;
+    const T* st = ptr<T>(settings) + 5 * k;
+    const T decay = st[0], one_minus_decay = st[1], momentum = st[2], eps = st[3], minus_lr = st[4];
+    const T c = ptr<T>(clip)[k];
+    T* w = ptr<T>(values) + k * P;
+    T* g = ptr<T>(grads) + k * P;
+    T* n = ptr<T>(n_avg) + k * P;
+    T* m = ptr<T>(m_avg) + k * P;
+    T* D = ptr<T>(delta) + k * P;
+    int64_t clipped = 0, eps_dominant = 0;
+#pragma omp simd reduction(+ : clipped, eps_dominant)
+    for (int64_t i = 0; i < P; ++i) {
+      const T raw = g[i];
+      const T gi = raw > c ? c : (raw < -c ? -c : raw);
+      g[i] = gi;
+      T ni = n[i] * decay;
+      ni = ni + (one_minus_decay * gi) * gi;
+      T mi = m[i] * decay;
+      mi = mi + one_minus_decay * gi;
+      const T variance = ni + (T(-1) * mi) * mi;
+      const T root = std::sqrt(variance + eps);
+      T Di = D[i] * momentum;
+      Di = Di + (minus_lr * gi) / root;
+      n[i] = ni; m[i] = mi; D[i] = Di;
+      w[i] = w[i] + Di;
+      const bool parameter = i < size;
+      clipped += parameter && (raw > c || raw < -c);
+      eps_dominant += parameter && variance < eps;
+    }
+    act[0] = static_cast<double>(clipped) / size;
+    act[1] = static_cast<double>(eps_dominant) / size;
+  });
+}
+
+at::Tensor rmsprop(at::Tensor values, at::Tensor grads, at::Tensor n_avg, at::Tensor m_avg, at::Tensor delta,
+                   at::Tensor settings, at::Tensor clip, at::Tensor active, int64_t size, int64_t threads) {
+  const int64_t runs = values.size(0);
+  for (const auto* t : {&grads, &n_avg, &m_avg, &delta}) {
+    TORCH_CHECK(t->sizes() == values.sizes(), "grads and state must have the values' shape (K, P)");
+    check(*t, values, runs, "optimiser state");
+  }
+  check(values, values, runs, "values");
+  TORCH_CHECK(values.dim() == 2 && size >= 1 && size <= values.size(1), "values (K, P) with 1 <= size <= P");
+  TORCH_CHECK(settings.scalar_type() == values.scalar_type() && settings.is_contiguous() &&
+              settings.sizes() == at::IntArrayRef({runs, 5}), "settings must be (K, 5) of the values' dtype");
+  TORCH_CHECK(clip.scalar_type() == values.scalar_type() && clip.is_contiguous() && clip.numel() == runs,
+              "clip must be (K,) of the values' dtype");
+  TORCH_CHECK(active.scalar_type() == at::kBool && active.is_contiguous() && active.numel() == runs,
+              "active must be (K,) bool");
+  auto activity = at::empty({runs, 2}, at::kDouble);
+  at::NoGradGuard no_grad;
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "ntm_rmsprop", [&] {
+    rmsprop_impl<scalar_t>(values, grads, n_avg, m_avg, delta, settings, clip, active, size, threads, activity);
+  });
+  return activity;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rmsprop", &rmsprop, "clip and Graves's RMSProp for K runs' parameter rows, a run per work unit");
   m.def("forward", &forward, "the NTM's recurrent core over a sequence, for a stack of runs (see native.cpp)");
   m.def("backward", &backward, "its gradients from the forward's saved tensors");
 }

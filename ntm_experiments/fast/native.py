@@ -160,7 +160,8 @@ class NativeNTM(HandwrittenCore):
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         """The stacked call with a stack of one: every tensor gets a leading runs dimension of 1."""
         model = self.model
-        saved = self.extension.forward(x_projection[None], [t[None] for t in controller], reads0[None],
+        saved = self.extension.forward(x_projection[None], torch.tensor([x_projection.shape[0]]),
+                                       [t[None] for t in controller], reads0[None],
                                        weights0[None], memory0[None], [w[None] for w in weights],
                                        [b[None] for b in biases], model.R, model.W, model.K, self.lstm,
                                        self.samples_per_unit, self.threads or core_threads())
@@ -184,15 +185,16 @@ def _structure(model: NTM) -> tuple:
 
 class StackedNativeNTM:
     """K independent runs in one native call. ``StackedNativeNTM(models)(inputs)`` =
-    ``torch.stack([model(x) for model, x in zip(models, inputs)])``: inputs (K, T, B, I) ->
-    logits (K, T, B, O), every run with the same T and B; autograd gives each run's gradients
-    to its own model's parameters. The models must share one structure (sizes, heads,
-    controller, dtype; their values are their own).
+    ``[model(x) for model, x in zip(models, inputs)]``: inputs [(T_k, B, I)] -> logits
+    [(T_k, B, O)], every run with the same B and I and its own sequence length T_k; autograd gives
+    each run's gradients to its own model's parameters. The models must share one structure
+    (sizes, heads, controller, dtype; their values are their own).
 
     Per run, the input layer and the output layer are that model's own ``F.linear`` over its
-    T B rows; the recurrence is one autograd Function over the stacked tensors (the models'
-    loop weights stacked (K, out, in)), whose work units span (run, slice of samples). A run's
-    results are bitwise those of the same run in a stack of one (and so of ``NativeNTM``)."""
+    T_k B rows; the recurrence is one autograd Function over the stacked tensors (the runs' input
+    projections padded to the longest T, the models' loop weights stacked (K, out, in)), whose
+    work units span (run, slice of samples) and stop at their run's own length. A run's results
+    are bitwise those of the same run in a stack of one (and so of ``NativeNTM``)."""
 
     recurrence = _HandwrittenRecurrence
     samples_per_unit = SAMPLES_PER_UNIT
@@ -213,17 +215,21 @@ class StackedNativeNTM:
         self.lstm = isinstance(self.model.controller, LSTMController)
         self.extension = load_extension()
 
-    def __call__(self, inputs: torch.Tensor, runs: Sequence[int] | None = None) -> torch.Tensor:
+    def __call__(self, inputs: Sequence[torch.Tensor], runs: Sequence[int] | None = None) -> list[torch.Tensor]:
         """``runs``: which of the models the inputs are for (default: all, in order), so a stack
         built and checked once can run any subset of its runs."""
         models = self.models if runs is None else [self.models[k] for k in runs]
-        if inputs.dim() != 4 or inputs.shape[0] != len(models):
-            raise ValueError(f"inputs must be (K={len(models)}, T, B, I), not {tuple(inputs.shape)}")
-        batch_size, input_size = inputs.shape[2], inputs.shape[3]
+        if len(inputs) != len(models) or any(x.dim() != 3 or x.shape[1:] != inputs[0].shape[1:] for x in inputs):
+            raise ValueError(f"inputs must be {len(models)} tensors (T_k, B, I) of one B and I, not "
+                             f"{[tuple(x.shape) for x in inputs]}")
+        batch_size, input_size = inputs[0].shape[1], inputs[0].shape[2]
+        lengths = [x.shape[0] for x in inputs]
+        longest = max(lengths)
         x_projections, states, linears = [], [], []
         for model, x in zip(models, inputs):
             x_weight, x_bias, pairs = recurrent_weights(model, input_size)
-            x_projections.append(F.linear(x, x_weight, x_bias))  # (T, B, G): one GEMM per run
+            projection = F.linear(x, x_weight, x_bias)  # (T_k, B, G): one GEMM per run, padded to the longest
+            x_projections.append(F.pad(projection, (0, 0, 0, 0, 0, longest - x.shape[0])))
             states.append(flatten_state(model.initial_state(batch_size)))
             linears.append(pairs)
         flat_state = [torch.stack(column) for column in zip(*states)]  # each (K, B, ...)
@@ -231,13 +237,14 @@ class StackedNativeNTM:
         for layer in zip(*linears):  # one layer, every run: (K, out, in) and (K, out) or None
             flat_linears.append(torch.stack([weight for weight, _ in layer]))
             flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
+        self.lengths = torch.tensor(lengths)  # for run_forward, inside the Function's forward
         hidden, reads = self.recurrence.apply(self, len(flat_state), torch.stack(x_projections), *flat_state,
                                               *flat_linears)
-        return torch.stack([model.output(torch.cat([h, r], dim=-1)) for model, h, r in zip(models, hidden, reads)])
+        return [model.output(torch.cat([h[:t], r[:t]], dim=-1)) for model, h, r, t in zip(models, hidden, reads, lengths)]
 
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         model = self.model
-        return self.extension.forward(x_projection, controller, reads0, weights0, memory0, weights, biases,
+        return self.extension.forward(x_projection, self.lengths, controller, reads0, weights0, memory0, weights, biases,
                                       model.R, model.W, model.K, self.lstm, self.samples_per_unit,
                                       self.threads or core_threads())
 

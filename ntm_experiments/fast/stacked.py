@@ -89,6 +89,8 @@ class StackedGravesRMSprop:
         self.momentum = column([x["momentum"] for x in s])
         self.eps = column([x["eps"] for x in s])
         self.minus_lr = column([-x["lr"] for x in s])
+        # the same per run as one (K, 5) matrix, for the native core's update (native.cpp's rmsprop)
+        self.matrix = torch.cat([self.decay, self.one_minus_decay, self.momentum, self.eps, self.minus_lr], dim=1)
 
     def set_settings(self, k: int, **values) -> None:
         self.settings[k].update(values)
@@ -115,6 +117,16 @@ class StackedGravesRMSprop:
         if keep is not None:
             for key, t in (*self.state.items(), ("values", self.flat.values)):
                 t[keep] = saved[key]
+
+    @torch.no_grad()
+    def clip_and_step_native(self, extension, active: torch.Tensor, clip: torch.Tensor, threads: int) -> torch.Tensor:
+        """Clipping and ``step`` in one pass of the native extension (native.cpp's rmsprop), a run
+        per work unit on ``threads`` threads, in the same order of operations; returns each run's
+        optimizer_activity (K, 2)."""
+        s, flat = self.state, self.flat
+        return extension.rmsprop(flat.values, flat.grads, s["square_avg"], s["grad_avg"], s["delta"], self.matrix,
+                                 clip.to(flat.values).contiguous(), active.to(torch.bool).contiguous(), flat.size,
+                                 threads)
 
 
 class RunOptimizer:
@@ -196,8 +208,8 @@ class StackedStep:
             self.flat.grads.zero_()
             costs: list[torch.Tensor | None] = [None] * len(batches)
             for group in self._groups(batches):
-                if len(group) > 1:  # runs of one core and one batch shape: one call of the stacked core
-                    logits = self.stacked_core(torch.stack([batches[k].inputs for k in group]), group)  # (G, T, B, O)
+                if len(group) > 1:  # runs of one core and one batch size: one call of the stacked core
+                    logits = self.stacked_core([batches[k].inputs for k in group], group)  # [(T_k, B, O)]
                 else:
                     (k,) = group
                     logits = (self.forwards[k] or self.models[k])(batches[k].inputs)[None]
@@ -211,13 +223,13 @@ class StackedStep:
 
     def _groups(self, batches: Sequence[Batch | None]) -> list[list[int]]:
         """The runs with a batch, grouped for one call each: runs on the native core whose batches
-        have one shape go together (each run's arithmetic is the same in any group: native.py);
-        every other run alone."""
+        have one batch size and width go together, each at its own sequence length (each run's
+        arithmetic is the same in any group: native.py); every other run alone."""
         groups: dict[tuple, list[int]] = {}
         for k, batch in enumerate(batches):
             if batch is None:
                 continue
-            key = (tuple(batch.inputs.shape),) if self.stacked_core is not None else (k,)
+            key = (tuple(batch.inputs.shape[1:]),) if self.stacked_core is not None else (k,)
             groups.setdefault(key, []).append(k)
         return list(groups.values())
 
@@ -226,6 +238,13 @@ class StackedStep:
         """Clip each run's gradient element-wise to (-clip_k, clip_k) (§4.6), then one RMSProp step
         of the runs where ``active`` (K,) is set; with ``measure``, each run's optimizer_activity
         (K, 2) (steps.py)."""
+        if self.stacked_core is not None:  # the native core's stack: clip and update in one pass, a run a thread
+            from .native import core_threads
+
+            with self.threads():
+                activity = self.optimizer.clip_and_step_native(self.stacked_core.extension, active, clip_values,
+                                                               self.stacked_core.threads or core_threads())
+            return activity if measure else None
         with self.threads():
             clip = clip_values.to(self.flat.grads)[:, None]
             size = self.flat.size
