@@ -246,3 +246,28 @@ def test_a_build_is_announced_before_it_starts_and_a_cached_load_is_not(tmp_path
         os.utime(source, ns=(built.stat().st_mtime_ns + 10**9,) * 2)  # newer than the build
         load_extension(source, name="ntm_test_core")
         assert any("building the native CPU core" in m for m in said_before[2])
+
+
+@pytest.mark.parametrize("variant", STACKED_VARIANTS)
+@pytest.mark.parametrize("memory_init", ["learned", "constant"])
+def test_a_stack_reading_its_weights_from_the_parameter_rows_is_the_stack_of_the_models(variant, memory_init):
+    """float32: with the runs' parameters as rows of one buffer (stacked.FlatParameters), a call of
+    every run reads each weight as one (K, ...) view of the rows; logits and gradients are bit
+    for bit those of stacking the models' own tensors (a call of a subset of the runs still does)."""
+    from ntm_experiments.fast.stacked import FlatParameters
+
+    models, inputs, cotangent = stack_of_models(variant, runs=3, batch_size=10, dtype=torch.float32)
+    if memory_init == "constant":
+        for model in models:
+            del model.memory0
+            model.register_buffer("memory0", torch.full((model.N, model.M), 1e-6))
+    expected = run_and_gradients(models, StackedNativeNTM(models), inputs, cotangent)
+    flat = FlatParameters([[p for p in model.parameters() if p.requires_grad] for model in models])
+    core = StackedNativeNTM(models, flat)
+    assert core.stacked is not None and ("memory0" in core.stacked) == (memory_init == "learned")
+    logits = core(inputs)  # every parameter's .grad is now a view of flat.grads, where both paths accumulate
+    sum((out * c).sum() for out, c in zip(logits, cotangent)).backward()
+    for run in range(3):
+        assert torch.equal(logits[run].detach(), expected[0][run])
+        for name, grad in expected[1][run].items():
+            assert torch.equal(models[run].get_parameter(name).grad, grad), f"run {run}: {name}"

@@ -34,6 +34,7 @@ import os
 import shutil
 import sysconfig
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -183,6 +184,25 @@ def _structure(model: NTM) -> tuple:
              for name, t in [*model.named_parameters(), *model.named_buffers()]])
 
 
+# A stacked leaf's gradient is a view of the (K, P) gradient rows, by design: autograd says once that
+# its strides are not a fresh tensor's (a performance hint for optimisers, which read flat.grads here).
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+def _stacked_parameters(models: list[NTM], flat) -> dict[str, torch.Tensor]:
+    """Every trained parameter of the K runs as one (K, ...) leaf: a view of ``flat.values`` rows
+    whose gradient is the matching view of ``flat.grads`` rows, into which autograd accumulates
+    in place (where each model's own parameters' gradients also live)."""
+    names = {id(p): name for name, p in models[0].named_parameters()}
+    stacked = {}
+    for index, (offset, size, shape) in enumerate(flat.offsets):
+        name = names[id(flat.param_lists[0][index])]
+        leaf = flat.values[:, offset:offset + size].view(len(models), *shape).detach().requires_grad_()
+        leaf.grad = flat.grads[:, offset:offset + size].view(len(models), *shape)
+        stacked[name] = leaf
+    return stacked
+
+
 class StackedNativeNTM:
     """K independent runs in one native call. ``StackedNativeNTM(models)(inputs)`` =
     ``[model(x) for model, x in zip(models, inputs)]``: inputs [(T_k, B, I)] -> logits
@@ -200,7 +220,11 @@ class StackedNativeNTM:
     samples_per_unit = SAMPLES_PER_UNIT
     threads: int | None = None  # the most threads the core uses; None: core_threads()
 
-    def __init__(self, models: list[NTM]):
+    def __init__(self, models: list[NTM], flat=None):
+        """``flat``: the models' parameters as rows of one buffer (stacked.FlatParameters, whose
+        rows every model's parameters are views of); with it, a call of all the runs reads each
+        weight of every run as one (K, ...) view of those rows instead of stacking the models'
+        tensors at every call (a subset of the runs still stacks them)."""
         self.models = list(models)
         if not self.models:
             raise ValueError("StackedNativeNTM needs at least one model")
@@ -214,6 +238,9 @@ class StackedNativeNTM:
         self.model = self.models[0]  # the shared structure (R, M: the recurrence's backward reads them)
         self.lstm = isinstance(self.model.controller, LSTMController)
         self.extension = load_extension()
+        self.stacked = None if flat is None else _stacked_parameters(self.models, flat)
+        if self.stacked is not None and "memory0" not in self.stacked:  # memory_init=constant: a buffer
+            self.memory0 = torch.stack([model.memory0 for model in self.models])
 
     def __call__(self, inputs: Sequence[torch.Tensor], runs: Sequence[int] | None = None) -> list[torch.Tensor]:
         """``runs``: which of the models the inputs are for (default: all, in order), so a stack
@@ -225,22 +252,77 @@ class StackedNativeNTM:
         batch_size, input_size = inputs[0].shape[1], inputs[0].shape[2]
         lengths = [x.shape[0] for x in inputs]
         longest = max(lengths)
-        x_projections, states, linears = [], [], []
-        for model, x in zip(models, inputs):
-            x_weight, x_bias, pairs = recurrent_weights(model, input_size)
+        if self.stacked is not None and (runs is None or list(runs) == list(range(len(self.models)))):
+            x_weights, x_biases, flat_linears = self._stacked_weights(input_size)
+            flat_state = self._stacked_state(batch_size)
+        else:
+            x_weights, x_biases, flat_linears, flat_state = self._weights_of(models, input_size, batch_size)
+        x_projections = []
+        for x, x_weight, x_bias in zip(inputs, x_weights, x_biases):
             projection = F.linear(x, x_weight, x_bias)  # (T_k, B, G): one GEMM per run, padded to the longest
             x_projections.append(F.pad(projection, (0, 0, 0, 0, 0, longest - x.shape[0])))
-            states.append(flatten_state(model.initial_state(batch_size)))
-            linears.append(pairs)
-        flat_state = [torch.stack(column) for column in zip(*states)]  # each (K, B, ...)
-        flat_linears = []
-        for layer in zip(*linears):  # one layer, every run: (K, out, in) and (K, out) or None
-            flat_linears.append(torch.stack([weight for weight, _ in layer]))
-            flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
         self.lengths = torch.tensor(lengths)  # for run_forward, inside the Function's forward
         hidden, reads = self.recurrence.apply(self, len(flat_state), torch.stack(x_projections), *flat_state,
                                               *flat_linears)
         return [model.output(torch.cat([h[:t], r[:t]], dim=-1)) for model, h, r, t in zip(models, hidden, reads, lengths)]
+
+    @staticmethod
+    def _weights_of(models, input_size: int, batch_size: int):
+        """Each model's x weight and bias, the loop's (K, out, in) weights and (K, out) biases and the
+        initial state (each (K, B, ...)), stacked from the models' own tensors."""
+        x_weights, x_biases, states, linears = [], [], [], []
+        for model in models:
+            x_weight, x_bias, pairs = recurrent_weights(model, input_size)
+            x_weights.append(x_weight)
+            x_biases.append(x_bias)
+            states.append(flatten_state(model.initial_state(batch_size)))
+            linears.append(pairs)
+        flat_state = [torch.stack(column) for column in zip(*states)]
+        flat_linears = []
+        for layer in zip(*linears):  # one layer, every run: (K, out, in) and (K, out) or None
+            flat_linears.append(torch.stack([weight for weight, _ in layer]))
+            flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
+        return x_weights, x_biases, flat_linears, flat_state
+
+    def _stacked_weights(self, input_size: int):
+        """recurrent_weights for every run at once, from the (K, ...) views of the parameter rows:
+        per run the x weight and bias, then the loop's [weight, bias or None, ...]."""
+        p = self.stacked
+        if self.lstm:
+            layers = len(self.model.controller.cells)
+            w_ih, w_hh = p["controller.cells.0.weight_ih"], p["controller.cells.0.weight_hh"]
+            x_weight = w_ih[:, :, :input_size]
+            x_bias = p["controller.cells.0.bias_ih"] + p["controller.cells.0.bias_hh"]
+            linears = [torch.cat([w_ih[:, :, input_size:], w_hh], dim=2), None]
+            for l in range(1, layers):
+                cell = f"controller.cells.{l}."
+                linears += [torch.cat([p[cell + "weight_ih"], p[cell + "weight_hh"]], dim=2),
+                            p[cell + "bias_ih"] + p[cell + "bias_hh"]]
+        else:
+            layers = len(self.model.controller.layers)
+            w0 = p["controller.layers.0.weight"]
+            x_weight, x_bias = w0[:, :, :input_size], p["controller.layers.0.bias"]
+            linears = [w0[:, :, input_size:].contiguous(), None]
+            for l in range(1, layers):
+                linears += [p[f"controller.layers.{l}.weight"], p[f"controller.layers.{l}.bias"]]
+        linears += [p["heads.weight"], p["heads.bias"]]
+        return list(x_weight.unbind(0)), list(x_bias.unbind(0)), linears
+
+    def _stacked_state(self, batch_size: int) -> list[torch.Tensor]:
+        """NTM.initial_state for every run at once: [controller (K, B, C)..., reads (K, B, R, M),
+        read and write weightings (K, B, R|W, N), memory (K, B, N, M)]."""
+        p, model = self.stacked, self.model
+        K = len(self.models)
+        controller = []
+        if self.lstm:
+            for l in range(len(model.controller.cells)):
+                controller += [p["controller.h0"][:, l, None].expand(K, batch_size, -1),
+                               p["controller.c0"][:, l, None].expand(K, batch_size, -1)]
+        weights = torch.softmax(p["weight_logits0"], dim=-1)  # (K, H, N)
+        memory = p["memory0"] if "memory0" in p else self.memory0
+        return [*controller, p["read0"][:, None].expand(K, batch_size, -1, -1),
+                weights[:, None, :model.R].expand(K, batch_size, -1, -1),
+                weights[:, None, model.R:].expand(K, batch_size, -1, -1), memory[:, None].expand(K, batch_size, -1, -1)]
 
     def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
         model = self.model

@@ -201,7 +201,7 @@ class StackedStep:
             from .native import StackedNativeNTM, aten_on_one_thread
 
             # built and checked once; each step runs the subsets whose batches share a shape
-            self.stacked_core, self.threads = StackedNativeNTM(self.models), aten_on_one_thread
+            self.stacked_core, self.threads = StackedNativeNTM(self.models, self.flat), aten_on_one_thread
 
     def forward_backward(self, batches: Sequence[Batch | None]) -> tuple[list[torch.Tensor | None], torch.Tensor]:
         with self.threads():
