@@ -132,6 +132,7 @@ class Config:
     paper: PaperRow = field(default_factory=PaperRow)
     seed: int = MISSING
     device: str = MISSING
+    auto_cuda_min_sequences: int = MISSING
     resume: Any = MISSING
     progress: bool = MISSING
     budget: str = MISSING

@@ -59,8 +59,9 @@ def run_job(train: Callable[[DictConfig, Path], float], cfg: DictConfig, hydra_c
     try:
         resume_requeued_job(cfg, run_dir)
         job_num = hydra_cfg.job.get("num")
-        cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count())
-        if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device)) == "cpu":
+        step = cfg.train.batch_size, cfg.auto_cuda_min_sequences  # sequences a step, auto's CUDA minimum
+        cfg.device = job_device(str(cfg.device), job_num, torch.cuda.device_count(), *step)
+        if "joblib" in str(hydra_cfg.launcher.get("_target_", "")).lower() and resolve_device(str(cfg.device), *step) == "cpu":
             threads = cpu_threads_per_job(hydra_cfg.launcher.get("n_jobs"))  # the jobs share the cores
             torch.set_num_threads(threads)
             log.info("joblib job %s on the CPU: %d torch thread(s)", job_num, threads)
@@ -88,7 +89,8 @@ def run_stacked_jobs(cfgs: list[DictConfig], run_dirs: list[Path], log_format: s
     from .train import train_stack
 
     for cfg in cfgs:
-        cfg.device = job_device(str(cfg.device), stack_number, torch.cuda.device_count())
+        cfg.device = job_device(str(cfg.device), stack_number, torch.cuda.device_count(),
+                                cfg.train.batch_size * len(cfgs), cfg.auto_cuda_min_sequences)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         root.removeHandler(handler)  # the last job's train.log, which would get every run's lines

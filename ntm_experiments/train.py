@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .cli import discard_empty_run_dir, exit_with_error
 from .config import config_dir
-from .devices import resolve_device
+from .devices import auto_device_note, resolve_device
 from .errors import ConfigError, RunError
 from .fast import make_train_step, use_fast_path
 from .fast.stacked import StackedStep, stacked_forward
@@ -51,7 +51,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     """The loop: sample, forward, masked cost, backward; skip a non-finite step; clip, RMSProp
     (§4.6); log, evaluate and checkpoint at their boundaries (run_state.RunState.record)."""
     validate(cfg)
-    device = torch.device(resolve_device(str(cfg.device)))
+    device = torch.device(resolve_device(str(cfg.device), cfg.train.batch_size, cfg.auto_cuda_min_sequences))
+    if note := auto_device_note(str(cfg.device), device, cfg.train.batch_size, cfg.auto_cuda_min_sequences):
+        log.info(note)
     run = RunState(cfg, run_dir, device)
     fast = use_fast_path(cfg.train.fast_path, run.model, device, run.total - run.seen, cfg.train.fast_path_min_sequences)
     core = None if cfg.train.fast_path_core == "auto" else cfg.train.fast_path_core
@@ -86,7 +88,7 @@ def stack_key(cfg: DictConfig) -> tuple:
     device. Seeds, learning rates and the other optimiser settings, clip values, run lengths
     and logging may differ."""
     return (OmegaConf.to_yaml(cfg.task), OmegaConf.to_yaml(cfg.model), cfg.train.batch_size, str(cfg.device),
-            str(cfg.train.fast_path), str(cfg.train.fast_path_core))
+            cfg.auto_cuda_min_sequences, str(cfg.train.fast_path), str(cfg.train.fast_path_core))
 
 
 def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
@@ -102,7 +104,10 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
                           "only runs that share them can be stacked")
     for cfg in cfgs:
         validate(cfg)
-    device = torch.device(resolve_device(str(cfgs[0].device)))
+    step = cfgs[0].train.batch_size * len(cfgs), cfgs[0].auto_cuda_min_sequences  # sequences a step, auto's minimum
+    device = torch.device(resolve_device(str(cfgs[0].device), *step))
+    if note := auto_device_note(str(cfgs[0].device), device, *step):
+        log.info(note)
     results: list[float | None] = [None] * len(cfgs)
     runs: list[RunState | None] = []
     for k, (cfg, run_dir) in enumerate(zip(cfgs, run_dirs)):
