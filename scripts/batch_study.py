@@ -10,13 +10,15 @@ sweep per task x batch size, into ``outputs/batch_study/runs/<task>/b<B>/<model>
 (git-ignored); run it again after a kill or in a later session and each run resumes its own folder.
 Settings: batch 1 at the table's learning rate; batches 4 and 16 at the table's rate times 1, sqrt(B)
 and B. Everything else is the task x model's row (conf/task_model/), named in SETTINGS_HELD below.
-``summarise`` reads the runs back and writes what is committed.
+``summarise`` reads the runs back and writes what is committed (scripts/batch_study_summary.py).
+NTM_BATCH_STUDY_DIR, when set, replaces outputs/batch_study for both.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +26,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "outputs" / "batch_study"
+# the study's folder: NTM_BATCH_STUDY_DIR when set (the tests' own), else outputs/batch_study
+OUT = Path(os.environ.get("NTM_BATCH_STUDY_DIR") or ROOT / "outputs" / "batch_study")
 RUNS = OUT / "runs"
 
 TASKS = ("copy", "repeat_copy", "associative_recall")
@@ -55,10 +58,12 @@ def run_dir(task: str, model: str, batch: int, factor: str, seed: int) -> Path:
 
 
 def finished(folder: Path, total: int) -> bool:
-    import torch
-
     path = folder / "checkpoint.pt"
-    return path.exists() and torch.load(path, weights_only=False, map_location="cpu")["sequences_seen"] >= total
+    if not path.exists():
+        return False
+    import torch  # only for a run that has a checkpoint: a dry run of a new study needs no torch
+
+    return torch.load(path, weights_only=False, map_location="cpu")["sequences_seen"] >= total
 
 
 def main(argv: list[str] | None = None) -> int:

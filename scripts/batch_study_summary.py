@@ -1,0 +1,552 @@
+"""The batch-size study's summary: what ``python scripts/batch_study.py summarise`` writes.
+
+``summarise(out)`` reads every run under ``out / "runs"`` (scripts/batch_study.py's layout; each run's
+task, model, batch size, learning rate and seed taken from its own ``.hydra/config.yaml``) and writes
+into ``out``:
+
+- ``seeds.csv``: a row per run: its setting, sequences reached, last covered window's cost, its own
+  curve-level figure, sequences to each of the paper's "below" landmarks, and the mean fractions of
+  gradient elements clipped and of RMSProp updates dominated by epsilon;
+- ``cells.csv``: a row per task x model x batch size x learning-rate factor: the seeds, the median
+  curve's curve-level figure and its range over seeds, the landmarks on the median curve and over
+  seeds, the fraction of seeds ending below each of the task's STABILITY costs;
+- ``batch_study.png``: per task x model, every setting's median curve over the paper's;
+- ``SUMMARY.md``: a table per task and the best setting per task x model and overall.
+
+Every comparison with the paper is by the fixed rule of ``ntm_experiments/compare.py``: costs averaged
+into the paper's 10k-sequence windows, the median over seeds per window, a landmark reached at the first
+window from which the curve stays below it, the curve-level figure the median over the paper's points
+of |log2((ours + 1) / (paper + 1))|.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCRIPTS = Path(__file__).resolve().parent
+if str(SCRIPTS) not in sys.path:  # imported from tests or elsewhere: batch_study sits beside this file
+    sys.path.insert(0, str(SCRIPTS))
+
+import batch_study  # noqa: E402
+from ntm_experiments.aggregate import MODEL_LABELS  # noqa: E402
+from ntm_experiments.compare import (REACHED, WINDOW, Binned, Comparison, Distance, Reach, bin_curve,  # noqa: E402
+                                     compare, distance, on_axes, reach, window_end)
+from ntm_experiments.errors import ConfigError  # noqa: E402
+from ntm_experiments.report import FIGURES, LANDMARKS, load_paper_curves  # noqa: E402
+from ntm_experiments.run_state import CLIPPED_TAG, EPS_DOMINANT_TAG  # noqa: E402
+from ntm_experiments.runs import load_run, save_figure, write_atomic  # noqa: E402
+
+# Choice: a seed counts as stable below a cost when its last covered 10k window is below it, in bits
+# per sequence; per task a strict cost (the paper's converged level) and a loose one (learnt, roughly).
+# copy: 0.1 (the paper's landmark) and 1 bit; repeat copy: 1 and 15 (the paper's NTM-LSTM landmarks);
+# associative recall: 0.25 (Fig 10's NTM-LSTM at 205k) and 1 bit.
+STABILITY = {"copy": (0.1, 1.0), "repeat_copy": (1.0, 15.0), "associative_recall": (0.25, 1.0)}
+LR_MATCH = 0.01       # relative difference within which lr / the table's rate names a factor
+TIE = 0.05            # curve-level figures within this of the lowest tie for best
+FACTOR_ORDER = ("1", "sqrtB", "B", "other")
+BATCH_COLOURS = {1: "tab:blue", 4: "tab:orange", 16: "tab:green"}  # any other batch size: tab:purple
+FACTOR_STYLES = {"1": "-", "sqrtB": "-.", "B": ":", "other": (0, (6, 2, 1, 2, 1, 2))}  # the paper: black "--"
+
+
+@functools.cache
+def table_lr(task: str, model: str) -> float:
+    """The task x model's learning rate in its table row (conf/task_model/)."""
+    return batch_study.table_lr(task, model)
+
+
+def lr_factor(task: str, model: str, batch: int, lr: float) -> str:
+    """The name in batch_study.FACTORS[batch] of the factor lr is the table's rate times (relative
+    match within LR_MATCH), else "other"."""
+    ratio = lr / table_lr(task, model)
+    names = batch_study.FACTORS.get(batch, ())
+    if not names or not ratio > 0:
+        return "other"
+    best = min(names, key=lambda f: abs(ratio / batch_study.factor_value(f, batch) - 1))
+    return best if abs(ratio / batch_study.factor_value(best, batch) - 1) <= LR_MATCH else "other"
+
+
+def landmarks(task: str, model: str) -> list[tuple[float, float]]:
+    """The paper's "below" landmarks of a task x model, (bits, k sequences), whose window (compare.py's)
+    lies within the study's budget for the task."""
+    budget = batch_study.BUDGETS[task]
+    return [(a, b) for kind, a, b in LANDMARKS.get(task, {}).get(model, [])
+            if kind == "below" and window_end(b * 1000) <= budget]
+
+
+def _landmark_costs(tasks=batch_study.TASKS, models=batch_study.MODELS) -> list[float]:
+    """Every landmark cost (bits) of these tasks x models, ascending: one set of CSV columns each."""
+    return sorted({bits for t in tasks for m in models for bits, _ in landmarks(t, m)})
+
+
+LANDMARK_COSTS = _landmark_costs()
+
+
+def _figure(task: str):
+    return next(f for f in FIGURES if f.task == task)
+
+
+def paper_curve(paper: dict, task: str, model: str) -> tuple[list[tuple[float, float]], float]:
+    """The paper's (k sequences, bits) points for a task x model and its figure's y-axis top (bits)."""
+    figure = _figure(task)
+    return paper.get((figure.key, MODEL_LABELS.get(model, model)), []), figure.ylim[1]
+
+
+def _mean(values: list[tuple[int, float]] | None) -> float | None:
+    kept = [v for _, v in values or [] if math.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
+
+
+def _median(values) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(kept)) if kept else None
+
+
+# ---------------------------------------------------------------- reading the runs
+@dataclass
+class StudyRun:
+    """One run of the study, read back from its folder."""
+    path: Path
+    task: str
+    model: str
+    batch: int                 # sequences per update (train.batch_size)
+    lr: float                  # train.lr
+    factor: str                # lr / the table's rate, named as in batch_study.FACTORS, or "other"
+    seed: int
+    sequences: int             # sequences seen at the last logged training point
+    binned: Binned             # the training cost on the paper's 10k windows (compare.bin_curve)
+    curve: list[tuple[int, float]]  # (sequences, bits per sequence) as logged
+    distance: Distance         # its own curve-level figure against the paper's curve
+    clipped: float | None      # mean over logged points of the fraction of gradient elements clipped
+    eps_dominant: float | None  # the same for RMSProp updates whose epsilon dominates n - m^2
+
+    @property
+    def budget(self) -> int:
+        """The study's sequences for this task."""
+        return batch_study.BUDGETS[self.task]
+
+    @property
+    def finished(self) -> bool:
+        return self.sequences >= self.budget
+
+    @property
+    def final_cost(self) -> float | None:
+        """The cost in the last covered window, bits per sequence; None when no window is covered."""
+        return float(self.binned.cost[-1]) if len(self.binned.cost) else None
+
+    @property
+    def setting(self) -> tuple:
+        """(batch, factor, lr when the factor is "other" else None): the runs of one cell share it."""
+        return (self.batch, self.factor, float(f"{self.lr:.6g}") if self.factor == "other" else None)
+
+
+def read_runs(runs_root: Path, paper: dict) -> list[StudyRun]:
+    """Every run folder under ``runs_root`` with events, a run per task x model x setting x seed (of two
+    folders of the same, the one with more sequences); each other folder skipped with a warning."""
+    found: dict[tuple, StudyRun] = {}
+    for config_path in sorted(runs_root.rglob(".hydra/config.yaml")) if runs_root.is_dir() else []:
+        folder = config_path.parent.parent
+        if not any(folder.glob("events.out.tfevents.*")):
+            print(f"batch_study_summary: {folder}: no TensorBoard events, skipped")
+            continue
+        try:
+            run = load_run(folder)
+            cfg = run.config
+            task, model = str(cfg.task.name), str(cfg.model.name)
+            batch, lr, seed = int(cfg.train.batch_size), float(cfg.train.lr), int(cfg.seed)
+        except (ConfigError, AttributeError, KeyError, ValueError, TypeError) as error:
+            print(f"batch_study_summary: {folder}: unreadable config ({str(error).splitlines()[0]}), skipped")
+            continue
+        if task not in batch_study.BUDGETS:
+            print(f"batch_study_summary: {folder}: task {task} is not one of the study's, skipped")
+            continue
+        points, y_top = paper_curve(paper, task, model)
+        binned = bin_curve(run.curve)
+        this = StudyRun(folder, task, model, batch, lr, lr_factor(task, model, batch, lr), seed, run.sequences,
+                        binned, run.curve, distance(binned, points, y_top), _mean(run.scalars.get(CLIPPED_TAG)),
+                        _mean(run.scalars.get(EPS_DOMINANT_TAG)))
+        key = (task, model, this.setting, seed)
+        if key in found:
+            kept, other = sorted([found[key], this], key=lambda r: (r.sequences, str(r.path)), reverse=True)
+            print(f"batch_study_summary: {other.path}: the same run as {kept.path}, which has more sequences "
+                  "(or a later name), skipped")
+            this = kept
+        found[key] = this
+    return list(found.values())
+
+
+# ---------------------------------------------------------------- cells
+@dataclass
+class Cell:
+    """A task x model x setting across its seeds."""
+    task: str
+    model: str
+    batch: int
+    factor: str
+    lr: float              # the table's rate times the factor; the runs' own for "other"
+    runs: list[StudyRun]   # sorted by seed
+    comparison: Comparison
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def running(self) -> bool:
+        """Whether some seed has not reached the task's budget yet."""
+        return not all(r.finished for r in self.runs)
+
+    @property
+    def label(self) -> str:
+        return setting_label(self.batch, self.factor, self.lr)
+
+    def stable(self, cost: float) -> int:
+        """Seeds whose last covered window is below ``cost`` bits (a seed with none counts as not)."""
+        return sum(r.final_cost is not None and r.final_cost < cost for r in self.runs)
+
+
+def setting_label(batch: int, factor: str, lr: float) -> str:
+    return f"B={batch}, lr x {factor}" if factor != "other" else f"B={batch}, lr {lr:g}"
+
+
+def _place(names: tuple, name: str) -> int:
+    """``name``'s place in ``names``; after them all when not there."""
+    return names.index(name) if name in names else len(names)
+
+
+def _order(task: str, model: str, batch: int, factor: str, lr: float) -> tuple:
+    """Study order: tasks and models as batch_study lists them, then batch size, factor, rate."""
+    return (_place(batch_study.TASKS, task), _place(batch_study.MODELS, model), task, model, batch,
+            _place(FACTOR_ORDER, factor), lr)
+
+
+def make_cells(runs: list[StudyRun], paper: dict) -> list[Cell]:
+    """The runs by task x model x setting (cells with no runs do not appear), in study order."""
+    groups: dict[tuple, list[StudyRun]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.model, run.setting), []).append(run)
+    cells = []
+    for (task, model, (batch, factor, other_lr)), members in groups.items():
+        members = sorted(members, key=lambda r: (r.seed, str(r.path)))
+        lr = other_lr if other_lr is not None else float(
+            f"{table_lr(task, model) * batch_study.factor_value(factor, batch):.6g}")
+        points, y_top = paper_curve(paper, task, model)
+        comp = compare([r.curve for r in members], [r.seed for r in members], points, y_top)
+        cells.append(Cell(task, model, batch, factor, lr, members, comp))
+    return sorted(cells, key=lambda c: _order(c.task, c.model, c.batch, c.factor, c.lr))
+
+
+# ---------------------------------------------------------------- the CSVs
+def _fmt(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+def _col(bits: float) -> str:
+    return f"below_{bits:g}"
+
+
+def seed_columns() -> list[str]:
+    cols = ["task", "model", "batch", "lr_factor", "lr", "seed", "sequences", "budget", "finished",
+            "final_window_end", "final_window_cost", "curve_figure", "curve_figure_points"]
+    for bits in LANDMARK_COSTS:
+        cols += [f"{_col(bits)}_status", f"{_col(bits)}_at"]
+    return cols + ["clipped_fraction_mean", "eps_dominant_fraction_mean", "path"]
+
+
+def seed_row(run: StudyRun, root: Path) -> dict[str, str]:
+    """One run's row of seeds.csv (a landmark that is not this task x model's, or beyond the budget: empty)."""
+    row = {"task": run.task, "model": run.model, "batch": str(run.batch), "lr_factor": run.factor,
+           "lr": f"{run.lr:g}", "seed": str(run.seed), "sequences": str(run.sequences), "budget": str(run.budget),
+           "finished": str(run.finished).lower(), "final_window_end": str(run.binned.last_end or ""),
+           "final_window_cost": _fmt(run.final_cost), "curve_figure": _fmt(run.distance.value),
+           "curve_figure_points": f"{run.distance.used}/{run.distance.total}",
+           "clipped_fraction_mean": _fmt(run.clipped), "eps_dominant_fraction_mean": _fmt(run.eps_dominant),
+           "path": _relative(run.path, root)}
+    mine = {bits for bits, _ in landmarks(run.task, run.model)}
+    for bits in LANDMARK_COSTS:
+        r = reach(run.binned, bits) if bits in mine else None
+        row[f"{_col(bits)}_status"] = r.status if r else ""
+        row[f"{_col(bits)}_at"] = str(r.at) if r and r.status == REACHED else ""
+    return row
+
+
+def cell_columns() -> list[str]:
+    cols = ["task", "model", "batch", "lr_factor", "lr", "seeds", "seed_list", "seeds_finished", "sequences_min",
+            "median_last_window_end", "curve_figure", "curve_figure_points", "curve_figure_seed_min",
+            "curve_figure_seed_max"]
+    for bits in LANDMARK_COSTS:
+        cols += [f"{_col(bits)}_{key}" for key in ("paper_k", "median_status", "median_at", "median_first_below",
+                                                    "seeds_reached", "seeds_at_median", "seeds_at_min",
+                                                    "seeds_at_max")]
+    return cols + ["stable_strict_bits", "stable_strict_seeds", "stable_strict_fraction", "stable_loose_bits",
+                   "stable_loose_seeds", "stable_loose_fraction", "clipped_fraction_median",
+                   "eps_dominant_fraction_median"]
+
+
+def cell_row(cell: Cell) -> dict[str, str]:
+    """One cell's row of cells.csv."""
+    comp = cell.comparison
+    seed_values = [d.value for d in comp.seed_distances if d.value is not None]
+    row = {"task": cell.task, "model": cell.model, "batch": str(cell.batch), "lr_factor": cell.factor,
+           "lr": f"{cell.lr:g}", "seeds": str(len(cell.runs)), "seed_list": " ".join(map(str, cell.seeds)),
+           "seeds_finished": str(sum(r.finished for r in cell.runs)),
+           "sequences_min": str(min(r.sequences for r in cell.runs)),
+           "median_last_window_end": str(comp.median.last_end or ""), "curve_figure": _fmt(comp.distance.value),
+           "curve_figure_points": f"{comp.distance.used}/{comp.distance.total}",
+           "curve_figure_seed_min": _fmt(min(seed_values, default=None)),
+           "curve_figure_seed_max": _fmt(max(seed_values, default=None)),
+           "clipped_fraction_median": _fmt(_median(r.clipped for r in cell.runs)),
+           "eps_dominant_fraction_median": _fmt(_median(r.eps_dominant for r in cell.runs))}
+    mine = dict(landmarks(cell.task, cell.model))
+    for bits in LANDMARK_COSTS:
+        c = _col(bits)
+        values = {"paper_k": "", "median_status": "", "median_at": "", "median_first_below": "", "seeds_reached": "",
+                  "seeds_at_median": "", "seeds_at_min": "", "seeds_at_max": ""}
+        if bits in mine:
+            med, per_seed = comp.reach(bits)
+            ats = [r.at for r in per_seed if r.status == REACHED]  # sequences, each reaching seed's
+            values = {"paper_k": f"{mine[bits]:g}", "median_status": med.status, "median_at": str(med.at or ""),
+                      "median_first_below": str(med.first_below or ""), "seeds_reached": str(len(ats)),
+                      "seeds_at_median": _fmt(_median(ats)), "seeds_at_min": str(min(ats, default="")),
+                      "seeds_at_max": str(max(ats, default=""))}
+        row.update({f"{c}_{key}": value for key, value in values.items()})
+    for name, bits in zip(("strict", "loose"), STABILITY[cell.task]):
+        n = cell.stable(bits)
+        row.update({f"stable_{name}_bits": f"{bits:g}", f"stable_{name}_seeds": str(n),
+                    f"stable_{name}_fraction": f"{n / len(cell.runs):.4g}"})
+    return row
+
+
+def _csv(columns: list[str], rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------- the figure
+def _steps(binned: Binned) -> tuple[np.ndarray, np.ndarray]:
+    """A binned curve as steps, x in thousands of sequences: each window flat over (end - 10k, end],
+    a gap (NaN) where a window is not covered."""
+    xs, ys, previous = [], [], None
+    for end, cost in zip(binned.ends.tolist(), binned.cost.tolist()):
+        if previous is not None and end - WINDOW != previous:
+            xs.append(math.nan)
+            ys.append(math.nan)
+        xs += [(end - WINDOW) / 1000, end / 1000]
+        ys += [cost, cost]
+        previous = end
+    return np.array(xs), np.array(ys)
+
+
+def study_figure(cells: list[Cell], paper: dict):
+    """Rows: the study's tasks; columns: its models. Every setting's median binned curve (a colour per
+    batch size, a line style per learning-rate factor) over the paper's curve (black, dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, models = batch_study.TASKS, batch_study.MODELS
+    fig, axes = plt.subplots(len(tasks), len(models), figsize=(6 * len(models), 3.6 * len(tasks)), squeeze=False,
+                             constrained_layout=True)
+    for i, task in enumerate(tasks):
+        budget_k = batch_study.BUDGETS[task] / 1000
+        for j, model in enumerate(models):
+            ax = axes[i][j]
+            top = 100.0  # bits: the y axis shows at least 0 to 100
+            mine = [c for c in cells if c.task == task and c.model == model]
+            for cell in mine:
+                xs, ys = _steps(cell.comparison.median)
+                if not len(xs):
+                    continue
+                note = f", {len(cell.runs)} seed{'s' if len(cell.runs) != 1 else ''}" + (
+                    ", running" if cell.running else "")
+                ax.plot(xs, ys, color=BATCH_COLOURS.get(cell.batch, "tab:purple"),
+                        ls=FACTOR_STYLES[cell.factor], lw=1.4, label=cell.label + note)
+                top = max(top, float(np.nanmax(ys)))
+            points, y_top = paper_curve(paper, task, model)
+            shown = on_axes(points, y_top)
+            top = max([top] + [c for x, c in shown if x <= budget_k + WINDOW / 1000])
+            if shown:
+                ax.plot([x for x, _ in shown], [c for _, c in shown], "k--", marker=".", ms=4, lw=1,
+                        label=f"paper ({MODEL_LABELS.get(model, model)})")
+            if not any(len(c.comparison.median.ends) for c in mine):
+                ax.text(0.5, 0.5, "no whole 10k window yet" if mine else "no runs yet", transform=ax.transAxes,
+                        ha="center", va="center", color="grey")
+            ax.set_yscale("symlog", linthresh=0.01)  # linear below 0.01 bits, logarithmic above
+            ax.set_ylim(0, top * 1.5)
+            ax.set_xlim(0, budget_k)
+            ax.set_title(f"{task}, {MODEL_LABELS.get(model, model)}", fontsize=10)
+            ax.set_xlabel("sequences seen (thousands)")
+            ax.set_ylabel("cost per sequence (bits)")
+            ax.grid(alpha=0.3, which="both")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle("Batch-size study: median over seeds on the paper's 10k windows (compare.py)", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------- SUMMARY.md
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _k(sequences: float | None) -> str:
+    return "n/a" if sequences is None else f"{sequences / 1000:g}k"
+
+
+def _figure_text(cell: Cell) -> str:
+    comp = cell.comparison
+    value = comp.distance.value
+    seeds = [d.value for d in comp.seed_distances if d.value is not None]
+    spread = f"{min(seeds):.3f}-{max(seeds):.3f}" if seeds else "n/a"
+    return f"{'n/a' if value is None else f'{value:.3f}'} ({spread})"
+
+
+def _landmark_text(cell: Cell, bits: float) -> str:
+    if bits not in dict(landmarks(cell.task, cell.model)):
+        return "-"
+    med, per_seed = cell.comparison.reach(bits)
+    ats = [r.at for r in per_seed if r.status == REACHED]
+    over = (f"; seeds {len(ats)}/{len(per_seed)}" +
+            (f" (median {_k(_median(ats))}, {_k(min(ats))}-{_k(max(ats))})" if ats else ""))
+    return _reach_text(med) + over
+
+
+def _reach_text(r: Reach) -> str:
+    text = r.text()
+    return text.replace("not reached within the run", "not reached")
+
+
+def _best(cells: list[Cell]) -> tuple[list[Cell], float] | None:
+    """The cells of lowest curve-level figure (median curve), ties within TIE, and that figure."""
+    scored = [c for c in cells if c.comparison.distance.value is not None]
+    if not scored:
+        return None
+    low = min(c.comparison.distance.value for c in scored)
+    return [c for c in scored if c.comparison.distance.value <= low + TIE], low
+
+
+def _running(cell: Cell) -> str:
+    return " (running)" if cell.running else ""
+
+
+def summary_markdown(cells: list[Cell], n_runs: int) -> str:
+    """SUMMARY.md: the command, the rule, a table per task and the best settings."""
+    md = ["# Batch-size study: summary", "",
+          "Built by `python scripts/batch_study.py summarise` from the runs under `runs/` "
+          f"({n_runs} run{'s' if n_runs != 1 else ''}, {len(cells)} cells); per run: `seeds.csv`, per cell: "
+          "`cells.csv`. Comparison with the paper by the fixed rule of `ntm_experiments/compare.py`: each "
+          f"seed's training cost averaged over the paper's {WINDOW // 1000:g}k-sequence windows (whole windows "
+          "only), the median over seeds per window; the curve-level figure is the median over the paper's points "
+          "(on its axes, inside our windows) of |log2((ours + 1) / (paper + 1))| (0: identical; 1: a factor of "
+          "two in cost + 1 bit), given for the median curve with its range over the seeds' own figures; a "
+          "landmark cost is reached at the first window from which the curve stays below it. Budgets: "
+          + ", ".join(f"{t} {b // 1000:g}k sequences" for t, b in batch_study.BUDGETS.items()) + ". Settings: "
+          "B = sequences per update; lr = the table's rate x 1, sqrt(B) or B. Stable: seeds whose last covered "
+          "window is below the cost. \"(running)\": some seed has not reached the budget yet.", "",
+          "![batch study](batch_study.png)", ""]
+    if not cells:
+        md += ["No runs yet.", ""]
+    for task in batch_study.TASKS:
+        mine = [c for c in cells if c.task == task]
+        if not mine:
+            continue
+        costs = sorted({bits for m in batch_study.MODELS for bits, _ in landmarks(task, m)})
+        heads = []
+        for bits in costs:
+            paper_k = ", ".join(f"{MODEL_LABELS.get(m, m)} {dict(landmarks(task, m))[bits]:g}k"
+                                for m in batch_study.MODELS if bits in dict(landmarks(task, m)))
+            heads.append(f"below {bits:g} bits (paper: {paper_k}): median curve; seeds reaching it")
+        strict, loose = STABILITY[task]
+        header = (["model", "setting", "seeds", "curve-level figure: median curve (seeds' range)"] + heads +
+                  [f"stable < {strict:g} / < {loose:g} bits", "clipped / eps-dominant (median of run means)"])
+        rows = []
+        for cell in mine:
+            n = len(cell.runs)
+            rows.append([MODEL_LABELS.get(cell.model, cell.model), f"{cell.label} ({cell.lr:g})",
+                         f"{n} ({', '.join(map(str, cell.seeds))}){_running(cell)}", _figure_text(cell)] +
+                        [_landmark_text(cell, bits) for bits in costs] +
+                        [f"{cell.stable(strict)}/{n}, {cell.stable(loose)}/{n}",
+                         f"{_fmt3(_median(r.clipped for r in cell.runs))} / "
+                         f"{_fmt3(_median(r.eps_dominant for r in cell.runs))}"])
+        md += [f"## {task} ({batch_study.BUDGETS[task] // 1000:g}k sequences)", "", _table(header, rows), ""]
+
+    md += ["## Best settings (lowest curve-level figure of the median curve; ties within "
+           f"{TIE:g} listed together)", ""]
+    for task in batch_study.TASKS:
+        for model in batch_study.MODELS:
+            best = _best([c for c in cells if c.task == task and c.model == model])
+            if best is None:
+                continue
+            chosen, _ = best
+            md.append(f"- {task}, {MODEL_LABELS.get(model, model)}: " + "; ".join(
+                f"{c.label} ({c.comparison.distance.value:.3f}){_running(c)}" for c in chosen))
+    md.append(f"- overall: {overall_best(cells)}")
+    return "\n".join(md) + "\n"
+
+
+def _fmt3(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def overall_best(cells: list[Cell]) -> str:
+    """The setting(s) of lowest median, over the task x model cells, of the median curve's figure.
+    Only settings with a figure in the most task x model cells compete (a setting missing cells would
+    be ranked on fewer); ties within TIE listed together."""
+    by_setting: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        if cell.comparison.distance.value is not None:
+            by_setting.setdefault((cell.batch, cell.factor, cell.lr if cell.factor == "other" else None),
+                                  []).append(cell)
+    if not by_setting:
+        return "n/a (no cell has a curve-level figure yet)"
+    most = max(len(v) for v in by_setting.values())
+    medians = {key: float(np.median([c.comparison.distance.value for c in v]))
+               for key, v in by_setting.items() if len(v) == most}
+    low = min(medians.values())
+    chosen = sorted((key for key, m in medians.items() if m <= low + TIE), key=lambda k: medians[k])
+    total = len(batch_study.TASKS) * len(batch_study.MODELS)
+    texts = []
+    for key in chosen:
+        members = by_setting[key]
+        texts.append(f"{setting_label(key[0], key[1], members[0].lr)} (median {medians[key]:.3f} over "
+                     f"{most} of {total} task x model cells){' (running)' if any(c.running for c in members) else ''}")
+    return "; ".join(texts)
+
+
+# ---------------------------------------------------------------- entry point
+def summarise(out: Path) -> list[Path]:
+    """Read the runs under ``out / "runs"`` and write seeds.csv, cells.csv, batch_study.png and SUMMARY.md
+    into ``out`` (each atomically); return the paths written."""
+    out = Path(out)
+    paper = load_paper_curves()
+    runs = read_runs(out / "runs", paper)
+    cells = make_cells(runs, paper)
+    seed_rows = [seed_row(r, out) for c in cells for r in c.runs]
+    written = []
+    for name, text in (("seeds.csv", _csv(seed_columns(), seed_rows)),
+                       ("cells.csv", _csv(cell_columns(), [cell_row(c) for c in cells]))):
+        write_atomic(out / name, text)
+        written.append(out / name)
+    save_figure(study_figure(cells, paper), out / "batch_study.png")
+    written.append(out / "batch_study.png")
+    write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs)))
+    written.append(out / "SUMMARY.md")
+    return written
