@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     run.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     run.add_argument("--batches", nargs="+", type=int, default=[1, 4, 16], choices=sorted(FACTORS))
-    run.add_argument("--factors", nargs="+", default=None, help="only these learning-rate factors (1, sqrtB, B)")
+    run.add_argument("--factors", nargs="+", default=None, choices=("1", "sqrtB", "B"),
+                     help="only these learning-rate factors")
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     run.add_argument("--launcher", default="joblib", choices=("joblib", "stacked", "basic"))
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
