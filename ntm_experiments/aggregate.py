@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .paper import PAPER_MODEL_NAMES
 from .runs import (Band, Run, band, distinct, group, load_runs, median, save_figure, sequences_to_threshold,
                    write_atomic)
 
 DEFAULT_THRESHOLD = 0.1  # bits per sequence; "converged" = some logged training cost below it
-# our model names -> the paper's legend names (the names of its curves in data/figure_curves.csv)
-MODEL_LABELS = {"ntm_ff": "NTM-FF", "ntm_lstm": "NTM-LSTM", "lstm": "LSTM"}
+MODEL_LABELS = PAPER_MODEL_NAMES  # our model names -> the paper's legend names (paper.py)
 MODEL_COLOURS = {"ntm_ff": "tab:blue", "ntm_lstm": "tab:green", "lstm": "tab:red"}
 X_LABEL, Y_LABEL = "sequences seen (thousands)", "cost per sequence (bits)"
 

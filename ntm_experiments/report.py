@@ -17,17 +17,14 @@ A figure whose runs are missing is listed as missing. Every file is written atom
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
 from .compare import NOT_REACHED, PLUS_BITS, REACHED, WINDOW, Comparison, compare, window_end
 from .errors import RunError
+from .paper import FIGURES, Figure, load_paper_curves  # noqa: F401 - Figure, load_paper_curves re-exported
 from .runs import OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, write_atomic
 
 PAPER_NGRAM_OPTIMUM = 131.6  # bits per sequence, Fig 13's "Optimal" line (its own 1000-sequence set)
@@ -41,24 +38,6 @@ FIG11_ITEMS = (6, 10, 15, 20)
 REACH_FACTOR = 1.5
 COST_TOLERANCE, COST_FLOOR = 0.25, 0.1
 
-
-@dataclass(frozen=True)
-class Figure:
-    number: int
-    key: str      # the figure's name in figure_curves.csv
-    task: str
-    title: str
-    xmax: float   # the paper's x axis, thousands of sequences
-    ylim: tuple[float, float]  # the paper's y axis, bits per sequence
-
-
-FIGURES = [
-    Figure(3, "fig3_copy", "copy", "Copy learning curves", 1000, (0, 10)),
-    Figure(7, "fig7_repeatcopy", "repeat_copy", "Repeat copy learning curves", 500, (0, 200)),
-    Figure(10, "fig10_assoc", "associative_recall", "Associative recall learning curves", 1000, (0, 20)),
-    Figure(13, "fig13_ngram", "ngrams", "Dynamic N-grams learning curves", 1000, (130, 160)),
-    Figure(18, "fig18_sort", "priority_sort", "Priority sort learning curves", 1000, (0, 140)),
-]
 
 # The paper's landmarks, read off its learning curves (Figs 3, 7, 10, 13, 18; §4.1-4.5):
 # ("below", bits, k sequences): first below that cost at k;
@@ -76,17 +55,6 @@ LANDMARKS = {
 }
 EXAMPLE_FIGURES = {("copy", "ntm_ff"): 4, ("copy", "ntm_lstm"): 4, ("copy", "lstm"): 5, ("repeat_copy", "ntm_ff"): 8,
                    ("repeat_copy", "ntm_lstm"): 8, ("repeat_copy", "lstm"): 8}
-
-
-# ---------------------------------------------------------------- the paper's data
-def load_paper_curves() -> dict[tuple[str, str], list[tuple[float, float]]]:
-    """The points read off the paper's figures, by (figure, paper model name), sorted by x.
-    x is in thousands of sequences (fig11_assoc_gen: number of items); cost in bits per sequence."""
-    text = resources.files("ntm_experiments.data").joinpath("figure_curves.csv").read_text()
-    curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        curves.setdefault((row["figure"], row["model"]), []).append((float(row["x"]), float(row["cost_bits"])))
-    return {key: sorted(points) for key, points in curves.items()}
 
 
 def k(sequences: float) -> str:

@@ -30,11 +30,13 @@ from .evaluate import capacity_warnings, eval_suite, log_evaluation
 from .interrupts import resume_override
 from .models import count_parameters, make_model
 from .optim import GravesRMSprop
+from .paper import paper_curve
 from .runs import COST_TAG, EVAL_PREFIX, EVAL_SUFFIX  # the tags that ntm-aggregate and ntm-report read back
 from .tasks import Batch, Task, make_task
 
 log = logging.getLogger("ntm_experiments.train")
 
+PAPER_TAG = "paper/cost_bits_per_sequence"      # the paper's curve for the run's task x model (paper.py)
 CLIPPED_TAG = "train/clipped_fraction"            # gradient elements beyond train.clip_value, before clipping
 EPS_DOMINANT_TAG = "train/eps_dominant_fraction"  # elements whose train.eps exceeds RMSProp's n - m^2
 
@@ -304,6 +306,7 @@ class RunState:
         # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
         # (the checkpoint's own point, at step `seen`, stays)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.seen + 1 if self.seen else None)
+        self._log_paper_curve()
         if not self.seen:
             self.writer.add_text("model/parameters", f"{n_params:,} (paper: {paper_params or 'n/a'})", 0)
             self.writer.add_scalar("model/parameters", n_params, 0)
@@ -314,6 +317,21 @@ class RunState:
                                               for s in eval_suite(self.task, cfg.eval)}}
             for summary in hparams_summary({**hparams(cfg), "model.parameters": n_params}, metrics):
                 self.writer.file_writer.add_summary(summary)
+
+    def _log_paper_curve(self) -> None:
+        """The paper's curve for this task x model (paper.paper_curve), as its own series beside the
+        run's training cost and one chart drawing both (TensorBoard's Custom Scalars tab), so a
+        run shows while it trains whether it tracks the paper. On a resume, the points past the
+        checkpoint again (the writer's purge drops every series' points past it)."""
+        curve = paper_curve(self.cfg.task.name, self.cfg.model.name)
+        if not curve:
+            return
+        for sequences, cost in curve:
+            if sequences > self.seen:
+                self.writer.add_scalar(PAPER_TAG, cost, sequences)
+        if not self.seen:
+            chart = f"{self.cfg.task.name} {self.cfg.model.name}: training cost and the paper's (bits per sequence)"
+            self.writer.add_custom_scalars({"paper": {chart: ["Multiline", [COST_TAG, PAPER_TAG]]}})
 
     # ------------------------------------------------------------ one step's outcome
     def skip_step(self) -> bool:

@@ -159,3 +159,25 @@ def scalar_tags(run_dir) -> list[str]:
     accumulator = EventAccumulator(str(run_dir))
     accumulator.Reload()
     return accumulator.Tags()["scalars"]
+
+
+def test_a_run_logs_the_papers_curve_beside_its_own_and_keeps_it_on_resume(tmp_path):
+    """paper/cost_bits_per_sequence: the paper's Fig 3 NTM-LSTM curve (its points on the figure's
+    axes) in every run of copy x ntm_lstm, and one Custom Scalars chart drawing it with the run's
+    cost; a resumed run still holds every point (the writer's purge drops those past the checkpoint)."""
+    from ntm_experiments.paper import paper_curve
+    from ntm_experiments.run_state import PAPER_TAG
+
+    small = ["task=copy", "task.max_length=3", "model=ntm_lstm", "model.controller_size=8", "model.memory_rows=8",
+             "model.memory_width=4", "train.batch_size=4", "train.log_every=32", "train.checkpoint_every=32",
+             "eval.every=64", "eval.sequences=4", "eval.pictures=false", "progress=false"]
+    train(compose_config(*small, "train.total_sequences=32"), tmp_path)
+    expected = paper_curve("copy", "ntm_lstm")
+    assert len(expected) > 90 and all(c < 10 for _, c in expected)  # Fig 3's axis top is 10 bits
+    assert [(s, pytest.approx(v)) for s, v in scalars(tmp_path, PAPER_TAG)] == expected
+    train(compose_config(*small, "train.total_sequences=64", f"resume={tmp_path}"), tmp_path)
+    assert [s for s, _ in scalars(tmp_path, PAPER_TAG)] == [s for s, _ in expected]
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert "custom_scalars__config__" in accumulator.Tags()["tensors"]
+    assert paper_curve("copy", "no_such_model") == [] and paper_curve("no_such_task", "ntm_ff") == []
