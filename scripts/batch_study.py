@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="only these learning-rate factors")
     run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     run.add_argument("--launcher", default="joblib", choices=("joblib", "stacked", "basic"))
+    run.add_argument("--jobs", type=int, default=None, help="with --launcher joblib: jobs at once (default: one per core)")
     run.add_argument("--dry-run", action="store_true", help="print the commands only")
     sub.add_parser("summarise", help="write outputs/batch_study/ from the runs")
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = [c for c in cells(args.tasks, args.models, args.batches, args.seeds)
             if (args.factors is None or c[3] in args.factors) and not finished(run_dir(*c), BUDGETS[c[0]])]
     print(f"{len(todo)} runs to train or finish", flush=True)
-    for command in run_commands(todo, args.launcher):
+    for command in run_commands(todo, args.launcher, args.jobs):
         print(" ".join(command), flush=True)
         if not args.dry_run:
             result = subprocess.run(command, cwd=ROOT)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_commands(todo, launcher: str) -> list[list[str]]:
+def run_commands(todo, launcher: str, jobs: int | None = None) -> list[list[str]]:
     """One ``ntm-train -m`` per task x batch size: the product of its unfinished runs' models,
     learning rates and seeds (a finished run in the product resumes, finds itself done and stops),
     each job's folder given by hydra.sweep.dir/subdir; ``resume=true`` continues each run."""
@@ -120,7 +121,8 @@ def run_commands(todo, launcher: str) -> list[list[str]]:
             f"seed={','.join(map(str, sorted({s for _, _, s in jobs})))}", f"train.total_sequences={total}",
             f"eval.every={total}", "eval.pictures=false", "resume=true", "progress=false",
             f"hydra.sweep.dir={RUNS / task / f'b{batch}'}",
-            "hydra.sweep.subdir=${model.name}_lr${train.lr}_seed${seed}"])
+            "hydra.sweep.subdir=${model.name}_lr${train.lr}_seed${seed}",
+            *([f"hydra.launcher.n_jobs={jobs}"] if jobs and launcher == "joblib" else [])])
     return commands
 
 
