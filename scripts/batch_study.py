@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_commands(todo, launcher: str, jobs: int | None = None) -> list[list[str]]:
+def run_commands(todo, launcher: str, n_jobs: int | None = None) -> list[list[str]]:
     """One ``ntm-train -m`` per task x batch size: the product of its unfinished runs' models,
     learning rates and seeds (a finished run in the product resumes, finds itself done and stops),
     each job's folder given by hydra.sweep.dir/subdir; ``resume=true`` continues each run."""
@@ -122,7 +122,7 @@ def run_commands(todo, launcher: str, jobs: int | None = None) -> list[list[str]
             f"eval.every={total}", "eval.pictures=false", "resume=true", "progress=false",
             f"hydra.sweep.dir={RUNS / task / f'b{batch}'}",
             "hydra.sweep.subdir=${model.name}_lr${train.lr}_seed${seed}",
-            *([f"hydra.launcher.n_jobs={jobs}"] if jobs and launcher == "joblib" else [])])
+            *([f"hydra.launcher.n_jobs={n_jobs}"] if n_jobs and launcher == "joblib" else [])])
     return commands
 
 
