@@ -270,7 +270,7 @@ def test_sequence_cores_are_the_models_function_at_saturated_heads(core):
 def test_native_core_keeps_eq_6_at_small_and_zero_rows():
     def first_similarities(saved, B, H, X):  # one work unit, whose first B rows are its samples at t = 0
         assert B <= ntm_native.SAMPLES_PER_UNIT
-        return saved[6][:B].view(B, H, X)
+        return saved[7][:B].view(B, H, X)  # [logits, hidden, reads, meta, params, memory, weightings, work, ...]
 
     assert_small_and_zero_rows_keep_eq_6(NativeNTM, first_similarities)
 

@@ -410,12 +410,14 @@ void gemm_nn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* 
   out.copy_(at::addmm(out, matrix(a, m, k, lda), matrix(b, k, n, ldb), beta, 1));
 }
 
-// C (m x n) = A^T B, A (k x m), B (k x n): a weight's gradient, summed over k rows
+// C (m x n) = beta C + A^T B, A (k x m), B (k x n): a weight's gradient, summed over k rows
 template <typename T>
-void gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc) {
+void gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+             T beta = T(0)) {
   if (m == 0 || n == 0) return;
-  if (have_blas<T>()) return blas<T>('N', 'T', n, m, k, b, ldb, a, lda, T(0), c, ldc);
-  matrix(c, m, n, ldc).copy_(at::mm(matrix(a, k, m, lda).t(), matrix(b, k, n, ldb)));
+  if (have_blas<T>()) return blas<T>('N', 'T', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  auto out = matrix(c, m, n, ldc);
+  out.copy_(at::addmm(out, matrix(a, k, m, lda).t(), matrix(b, k, n, ldb), beta, 1));
 }
 
 // MKL's threads for the calling thread only, restored on leaving
@@ -435,6 +437,14 @@ struct OneBlasThread {
 struct Unit {
   int64_t run, b0, n;  // the run, its first sample, its samples
 };
+
+// f(t, steps) over a unit's time steps 0..Tk-1, for work on its rows of (runs, T, B, .) tensors:
+// where the unit holds the run's whole batch its rows of every step are one contiguous block
+// (one call, steps = Tk); otherwise one call a step (steps = 1).
+template <typename F> void over_steps(const Unit& u, int64_t B, int64_t Tk, const F& f) {
+  if (u.n == B) return f(int64_t(0), Tk);
+  for (int64_t t = 0; t < Tk; ++t) f(t, int64_t(1));
+}
 
 std::vector<Unit> make_units(int64_t runs, int64_t B, int64_t slice) {
   std::vector<Unit> units;
@@ -573,7 +583,9 @@ inline int64_t gate_width(const Dims& d) { return d.lstm ? 4 * d.C : d.C; }
 
 // One unit's forward over the whole sequence.
 template <typename T>
-void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const std::vector<at::Tensor>& ctrl0,
+void forward_unit(const Dims& d, const Unit& u, const at::Tensor& inputs, const at::Tensor& x_weight,
+                  const at::Tensor& x_bias, const at::Tensor& out_weight, const at::Tensor& out_bias,
+                  const at::Tensor& logits, const at::Tensor& x_proj, const std::vector<at::Tensor>& ctrl0,
                   const at::Tensor& reads0, const at::Tensor& weights0, const at::Tensor& memory0,
                   const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias,
                   const at::Tensor& hidden_out, const at::Tensor& reads_out, const std::vector<at::Tensor>& buf,
@@ -608,6 +620,14 @@ void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const 
       std::copy_n(ptr<T>(ctrl0[2 * l + 1]) + (first + j) * C, C, cell[l] + j * C);
     }
   }
+  // the input layer's share of the first controller layer for every step: x_t W_x^T + b (x_proj rows)
+  const int64_t I = inputs.size(3), O = logits.size(3), CR = C + RM;
+  over_steps(u, B, Tk, [&](int64_t t, int64_t steps) {
+    const int64_t conv = (k * T_ + t) * B + u.b0, m = steps * n;
+    T* rows = ptr<T>(x_proj) + conv * G;
+    for (int64_t j = 0; j < m; ++j) std::copy_n(run_ptr<T>(x_bias, k), G, rows + j * G);
+    gemm_nt<T>(m, G, I, ptr<T>(inputs) + conv * I, I, run_ptr<T>(x_weight, k), I, T(1), rows, G);
+  });
   const T* xp = ptr<T>(x_proj);
   const T* heads_w = run_ptr<T>(weight[L], k);
   const T* heads_b = run_ptr<T>(bias[L - 1], k);
@@ -666,21 +686,33 @@ void forward_unit(const Dims& d, const Unit& u, const at::Tensor& x_proj, const 
       std::copy_n(reads, RM, ptr<T>(reads_out) + (conv + j) * RM);
     }
   }
+  // the output layer: logits = b + [h, reads] W^T, for every step; zeros past the run's length
+  over_steps(u, B, Tk, [&](int64_t t, int64_t steps) {
+    const int64_t conv = (k * T_ + t) * B + u.b0, m = steps * n;
+    T* out = ptr<T>(logits) + conv * O;
+    for (int64_t j = 0; j < m; ++j) std::copy_n(run_ptr<T>(out_bias, k), O, out + j * O);
+    gemm_nt<T>(m, O, C, ptr<T>(hidden_out) + conv * C, C, run_ptr<T>(out_weight, k), CR, T(1), out, O);
+    gemm_nt<T>(m, O, RM, ptr<T>(reads_out) + conv * RM, RM, run_ptr<T>(out_weight, k) + C, CR, T(1), out, O);
+  });
   for (int64_t t = Tk; t < T_; ++t) {
     const int64_t conv = (k * T_ + t) * B + u.b0;
     std::fill_n(ptr<T>(hidden_out) + conv * C, n * C, T(0));
     std::fill_n(ptr<T>(reads_out) + conv * RM, n * RM, T(0));
+    std::fill_n(ptr<T>(logits) + conv * O, n * O, T(0));
   }
 }
 
 template <typename T>
-std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threads, const at::Tensor& x_proj,
-                                     const at::Tensor& lengths,
+std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threads, const at::Tensor& inputs,
+                                     const at::Tensor& lengths, const at::Tensor& x_weight, const at::Tensor& x_bias,
+                                     const at::Tensor& out_weight, const at::Tensor& out_bias,
                                      const std::vector<at::Tensor>& ctrl0, const at::Tensor& reads0,
                                      const at::Tensor& weights0, const at::Tensor& memory0,
                                      const std::vector<at::Tensor>& weight, const std::vector<at::Tensor>& bias) {
   const int64_t T_ = d.T, rows = d.runs * d.B, C = d.C, G = gate_width(d);
-  auto opts = x_proj.options();
+  auto opts = inputs.options();
+  auto x_proj = at::empty({d.runs, T_, d.B, G}, opts);
+  auto logits = at::empty({d.runs, T_, d.B, out_weight.size(1)}, opts);
   auto hidden = at::empty({d.runs, T_, d.B, C}, opts);
   auto reads = at::empty({d.runs, T_, d.B, d.R * d.M}, opts);
   auto meta = at::cat({at::tensor({d.runs, d.B, slice}, at::kLong), lengths});  // [runs, B, slice, each run's T]
@@ -698,24 +730,33 @@ std::vector<at::Tensor> forward_impl(const Dims& d, int64_t slice, int64_t threa
   }
   const auto units = make_units(d.runs, d.B, slice);
   for_each_unit(static_cast<int64_t>(units.size()), threads, [&](int64_t u) {
-    forward_unit<T>(d, units[u], x_proj, ctrl0, reads0, weights0, memory0, weight, bias, hidden, reads, buf,
-                    Tk[units[u].run]);
+    forward_unit<T>(d, units[u], inputs, x_weight, x_bias, out_weight, out_bias, logits, x_proj, ctrl0, reads0,
+                    weights0, memory0, weight, bias, hidden, reads, buf, Tk[units[u].run]);
   });
-  std::vector<at::Tensor> result = {hidden, reads, meta};
+  std::vector<at::Tensor> result = {logits, hidden, reads, meta};  // logits, then what the backward needs
   result.insert(result.end(), buf.begin(), buf.end());
   return result;
 }
 
 // The gradients one unit computes: of its samples' initial state (written into the outputs in
-// place), of its x projection rows, and of every loop weight over its own rows (one GEMM each,
-// into its own slot; backward_impl sums a run's slots in order).
+// place), and of every weight (input and output layers included) over its own rows (one GEMM
+// each, or one a time step, into its own slot; backward_impl sums a run's slots in order).
 template <typename T>
 void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<at::Tensor>& saved,
+                   const at::Tensor& inputs, const at::Tensor& d_logits, const at::Tensor& out_weight,
                    const at::Tensor& d_hidden, const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
                    const std::vector<at::Tensor>& out, const std::vector<at::Tensor>& unit_grads, int64_t Tk) {
   const int64_t T_ = d.T, B = d.B, C = d.C, L = d.L, RM = d.R * d.M, N = d.N, M = d.M, H = d.H, P = d.P, X = d.X;
   const int64_t n = u.n, k = u.run, G = gate_width(d), rows = Tk * n;  // the run's own length
+  const int64_t I = inputs.size(3), O = d_logits.size(3), CR = C + RM;
   const Work o(d);
+  // the output layer's gradient at its inputs, [h, reads] = d logits W, into d_hidden and d_reads rows
+  over_steps(u, B, Tk, [&](int64_t t, int64_t steps) {
+    const int64_t conv = (k * T_ + t) * B + u.b0, m = steps * n;
+    const T* dl = ptr<T>(d_logits) + conv * O;
+    gemm_nn<T>(m, C, O, dl, O, run_ptr<T>(out_weight, k), CR, T(0), ptr<T>(d_hidden) + conv * C, C);
+    gemm_nn<T>(m, RM, O, dl, O, run_ptr<T>(out_weight, k) + C, CR, T(0), ptr<T>(d_reads) + conv * RM, RM);
+  });
   const T* par = unit_rows<T>(saved[3], d, u, T_, P);
   const T* mem = unit_rows<T>(saved[4], d, u, T_ + 1, N * M);
   const T* wts = unit_rows<T>(saved[5], d, u, T_ + 1, H * N);
@@ -805,19 +846,14 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
   for (int64_t l = 0; d.lstm && l < L; ++l) {
     const int64_t width = in_width(d, l), below = below_width(d, l);
     for (int64_t j = 0; j < n; ++j)
-      std::copy_n(d_in[l].data() + j * width + below, C, ptr<T>(out[slot]) + (first + j) * C);
-    std::copy_n(dcell[l].data(), n * C, ptr<T>(out[slot + 1]) + first * C);
+      std::copy_n(d_in[l].data() + j * width + below, C, ptr<T>(out[slot - 1]) + (first + j) * C);
+    std::copy_n(dcell[l].data(), n * C, ptr<T>(out[slot]) + first * C);
     slot += 2;
   }
+  --slot;  // [d ctrl0..., d reads0, d weights0, d memory0]
   for (int64_t j = 0; j < n; ++j) std::copy_n(d_in[0].data() + j * in0, RM, ptr<T>(out[slot]) + (first + j) * RM);
   std::copy_n(dw.data(), n * H * N, ptr<T>(out[slot + 1]) + first * H * N);
   std::copy_n(dmem.data(), n * N * M, ptr<T>(out[slot + 2]) + first * N * M);
-  // the gradient at the x projection (runs, T, B, G)
-  for (int64_t t = 0; t < T_; ++t) {  // zeros past the run's length
-    T* row = ptr<T>(out[0]) + ((k * T_ + t) * B + u.b0) * G;
-    if (t < Tk) std::copy_n(dpre[0].data() + t * n * G, n * G, row);
-    else std::fill_n(row, n * G, T(0));
-  }
   // each loop weight's gradient over this unit's T n rows: [weight_0, weight_1, bias_1, ..., heads w, heads b]
   int64_t g = 0;
   for (int64_t l = 0; l <= L; ++l) {
@@ -846,18 +882,46 @@ void backward_unit(const Dims& d, int64_t ui, const Unit& u, const std::vector<a
       ++g;
     }
   }
+  // the input layer's (G, I) and the output layer's (O, C + R M) weights, a time step's n rows at a
+  // time (a unit's rows of the inputs and logits are not contiguous across steps); their biases
+  T* x_w = ptr<T>(unit_grads[g]) + ui * G * I;
+  T* x_b = ptr<T>(unit_grads[g + 1]) + ui * G;
+  T* o_w = ptr<T>(unit_grads[g + 2]) + ui * O * CR;
+  T* o_b = ptr<T>(unit_grads[g + 3]) + ui * O;
+  std::fill_n(x_w, G * I, T(0));
+  std::fill_n(x_b, G, T(0));
+  std::fill_n(o_w, O * CR, T(0));
+  std::fill_n(o_b, O, T(0));
+  const T* hidden = ptr<T>(saved[0]);
+  const T* reads_all = ptr<T>(saved[1]);
+  over_steps(u, B, Tk, [&](int64_t t, int64_t steps) {
+    const int64_t conv = (k * T_ + t) * B + u.b0, m = steps * n;
+    const T* dx = dpre[0].data() + t * n * G;
+    const T* dl = ptr<T>(d_logits) + conv * O;
+    gemm_tn<T>(G, I, m, dx, G, ptr<T>(inputs) + conv * I, I, x_w, I, T(1));
+    gemm_tn<T>(O, C, m, dl, O, hidden + conv * C, C, o_w, CR, T(1));
+    gemm_tn<T>(O, RM, m, dl, O, reads_all + conv * RM, RM, o_w + C, CR, T(1));
+    for (int64_t j = 0; j < m; ++j) {
+#pragma omp simd
+      for (int64_t c = 0; c < G; ++c) x_b[c] += dx[j * G + c];
+#pragma omp simd
+      for (int64_t c = 0; c < O; ++c) o_b[c] += dl[j * O + c];
+    }
+  });
 }
 
 template <typename T>
-std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tensor>& saved, const at::Tensor& d_hidden,
-                                      const at::Tensor& d_reads, const std::vector<at::Tensor>& weight,
-                                      int64_t threads) {
+std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tensor>& saved, const at::Tensor& inputs,
+                                      const at::Tensor& d_logits, const std::vector<at::Tensor>& weight,
+                                      const at::Tensor& out_weight, int64_t threads) {
   const int64_t runs = d.runs, B = d.B, C = d.C, L = d.L, G = gate_width(d);
   const int64_t slice = saved[2][2].item<int64_t>();
   const int64_t* Tk = ptr<int64_t>(saved[2]) + 3;  // each run's length (forward's meta)
-  auto opts = d_hidden.options();
-  // [d x_proj, d ctrl0..., d reads0, d weights0, d memory0], each filled by the units in place
-  std::vector<at::Tensor> out = {at::empty({runs, d.T, B, G}, opts)};
+  auto opts = d_logits.options();
+  // the gradients at the output layer's inputs, filled by each unit for its rows
+  auto d_hidden = at::empty({runs, d.T, B, C}, opts), d_reads = at::empty({runs, d.T, B, d.R * d.M}, opts);
+  // [d ctrl0..., d reads0, d weights0, d memory0], each filled by the units in place
+  std::vector<at::Tensor> out;
   for (int64_t l = 0; d.lstm && l < L; ++l) {
     out.push_back(at::empty({runs, B, C}, opts));
     out.push_back(at::empty({runs, B, C}, opts));
@@ -867,14 +931,21 @@ std::vector<at::Tensor> backward_impl(const Dims& d, const std::vector<at::Tenso
   out.push_back(at::empty({runs, B, d.N, d.M}, opts));
   const auto units = make_units(runs, B, slice);
   const int64_t count = static_cast<int64_t>(units.size()), per_run = count / runs;
-  std::vector<at::Tensor> unit_grads;  // per unit: [weight_0, weight_1, bias_1, ..., heads w, heads b]
+  // per unit: [weight_0, weight_1, bias_1, ..., heads w, heads b, input w, input b, output w, output b]
+  std::vector<at::Tensor> unit_grads;
   for (int64_t l = 0; l <= L; ++l) {
     const int64_t rows = l < L ? G : d.P, cols = l < L ? in_width(d, l) : C;
     unit_grads.push_back(at::empty({count, rows, cols}, opts));
     if (l > 0) unit_grads.push_back(at::empty({count, rows}, opts));
   }
+  const int64_t I = inputs.size(3), O = d_logits.size(3);
+  unit_grads.push_back(at::empty({count, G, I}, opts));
+  unit_grads.push_back(at::empty({count, G}, opts));
+  unit_grads.push_back(at::empty({count, O, C + d.R * d.M}, opts));
+  unit_grads.push_back(at::empty({count, O}, opts));
   for_each_unit(count, threads, [&](int64_t u) {
-    backward_unit<T>(d, u, units[u], saved, d_hidden, d_reads, weight, out, unit_grads, Tk[units[u].run]);
+    backward_unit<T>(d, u, units[u], saved, inputs, d_logits, out_weight, d_hidden, d_reads, weight, out, unit_grads,
+                     Tk[units[u].run]);
   });
   // a run's weight gradients: its units' summed in order, the same on any number of threads (in
   // plain loops, not ATen's: no parallel region whose threads could wait on a parked thread)
@@ -912,72 +983,86 @@ void check(const at::Tensor& t, const at::Tensor& like, int64_t runs, const char
 }
 
 // Every argument has a leading runs dimension (a single run is a stack of one).
-// x_proj (runs, T, B, G0): the external input's share of the first controller layer, its bias
-// included; lengths (runs,) int64: each run's own number of time steps, 1..T (a run's rows past
-// its length are ignored in x_proj and zero in the outputs; its arithmetic is that of a
-// sequence of its own length). ctrl0: LSTM [h_0, c_0, ..., h_{L-1}, c_{L-1}] (runs, B, C) each; FF: empty.
-// reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M). weight: L controller
-// layers (layer 0's recurrent columns only) and the heads, each (runs, out, in); bias: layers
-// 1..L-1 and the heads, each (runs, out). slice: samples per work unit; threads: the most threads
-// to use (0: ATen's count).
-std::vector<at::Tensor> forward(at::Tensor x_proj, at::Tensor lengths, std::vector<at::Tensor> ctrl0, at::Tensor reads0, at::Tensor weights0,
+// inputs (runs, T, B, I): each run's sequences; lengths (runs,) int64: each run's own number of
+// time steps, 1..T (a run's rows past its length are ignored, its logits there zero: its
+// arithmetic is that of a sequence of its own length). x_weight (runs, G0, I), x_bias (runs, G0):
+// the external input's share of the first controller layer and that layer's bias. ctrl0: LSTM
+// [h_0, c_0, ..., h_{L-1}, c_{L-1}] (runs, B, C) each; FF: empty. reads0 (runs, B, R M), weights0
+// (runs, B, H, N), memory0 (runs, B, N, M). weight: L controller layers (layer 0's recurrent
+// columns only) and the heads, each (runs, out, in); bias: layers 1..L-1 and the heads, each
+// (runs, out). out_weight (runs, O, C + R M), out_bias (runs, O): the output layer on [h, reads].
+// Weights and biases: each run's values contiguous, the runs at any stride. slice: samples per
+// work unit; threads: the most threads to use (0: ATen's count). Returns [logits (runs, T, B, O),
+// then what the backward needs].
+std::vector<at::Tensor> forward(at::Tensor inputs, at::Tensor lengths, at::Tensor x_weight, at::Tensor x_bias,
+                                std::vector<at::Tensor> ctrl0, at::Tensor reads0, at::Tensor weights0,
                                 at::Tensor memory0, std::vector<at::Tensor> weight, std::vector<at::Tensor> bias,
-                                int64_t R, int64_t W, int64_t K, bool lstm, int64_t slice, int64_t threads) {
+                                at::Tensor out_weight, at::Tensor out_bias, int64_t R, int64_t W, int64_t K, bool lstm,
+                                int64_t slice, int64_t threads) {
   const int64_t L = static_cast<int64_t>(weight.size()) - 1;
   TORCH_CHECK(L >= 1 && bias.size() == weight.size() - 1, "weights: L layers and the heads; biases: all but layer 0");
   TORCH_CHECK(slice >= 1, "slice must be at least 1");
-  TORCH_CHECK(x_proj.dim() == 4 && memory0.dim() == 4 && weights0.dim() == 4 && reads0.dim() == 3,
-              "x_proj (runs, T, B, G), reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M)");
-  const int64_t runs = x_proj.size(0);
-  for (const auto* t : {&x_proj, &reads0, &weights0, &memory0}) check(*t, x_proj, runs, "state");
-  for (const auto& t : ctrl0) check(t, x_proj, runs, "controller state");
-  for (const auto& t : weight) check(t, x_proj, runs, "weight", true);
-  for (const auto& t : bias) check(t, x_proj, runs, "bias", true);
+  TORCH_CHECK(inputs.dim() == 4 && memory0.dim() == 4 && weights0.dim() == 4 && reads0.dim() == 3,
+              "inputs (runs, T, B, I), reads0 (runs, B, R M), weights0 (runs, B, H, N), memory0 (runs, B, N, M)");
+  const int64_t runs = inputs.size(0);
+  for (const auto* t : {&inputs, &reads0, &weights0, &memory0}) check(*t, inputs, runs, "state");
+  for (const auto& t : ctrl0) check(t, inputs, runs, "controller state");
+  for (const auto& t : weight) check(t, inputs, runs, "weight", true);
+  for (const auto& t : bias) check(t, inputs, runs, "bias", true);
+  for (const auto* t : {&x_weight, &x_bias, &out_weight, &out_bias}) check(*t, inputs, runs, "layer", true);
   TORCH_CHECK(lengths.device().is_cpu() && lengths.scalar_type() == at::kLong && lengths.dim() == 1 &&
               lengths.size(0) == runs && lengths.is_contiguous(), "lengths must be a contiguous (runs,) int64 tensor");
-  TORCH_CHECK(x_proj.size(1) >= 1 && lengths.min().item<int64_t>() >= 1 &&
-              lengths.max().item<int64_t>() <= x_proj.size(1), "every run's length must be in 1..T");
+  TORCH_CHECK(inputs.size(1) >= 1 && lengths.min().item<int64_t>() >= 1 &&
+              lengths.max().item<int64_t>() <= inputs.size(1), "every run's length must be in 1..T");
   const int64_t C = weight[L].size(2);
-  const Dims d = make_dims(runs, x_proj.size(1), x_proj.size(2), memory0.size(2), memory0.size(3), R, W, K, C, L, lstm);
+  const Dims d = make_dims(runs, inputs.size(1), inputs.size(2), memory0.size(2), memory0.size(3), R, W, K, C, L, lstm);
   TORCH_CHECK(weight[L].size(1) == d.P, "heads weight must have ", d.P, " rows");
   TORCH_CHECK(weights0.size(2) == d.H && weights0.size(3) == d.N, "weightings must be (runs, B, R+W, N)");
   TORCH_CHECK(2 * d.S < d.N, "shift range must be below N/2");
   TORCH_CHECK(static_cast<int64_t>(ctrl0.size()) == (lstm ? 2 * L : 0), "controller state: 2 L tensors (LSTM) or none");
-  TORCH_CHECK(x_proj.size(3) == gate_width(d) && reads0.size(2) == R * d.M, "x_proj or reads0 has the wrong width");
+  TORCH_CHECK(reads0.size(2) == R * d.M, "reads0 has the wrong width");
+  TORCH_CHECK(x_weight.dim() == 3 && x_weight.size(1) == gate_width(d) && x_weight.size(2) == inputs.size(3) &&
+              x_bias.dim() == 2 && x_bias.size(1) == gate_width(d), "x_weight must be (runs, G, I), x_bias (runs, G)");
+  TORCH_CHECK(out_weight.dim() == 3 && out_weight.size(2) == C + R * d.M && out_bias.dim() == 2 &&
+              out_bias.size(1) == out_weight.size(1), "out_weight must be (runs, O, C + R M), out_bias (runs, O)");
   for (int64_t l = 0; l < L; ++l)
     TORCH_CHECK(weight[l].size(1) == gate_width(d) && weight[l].size(2) == in_width(d, l), "weight ", l,
                 " must be (runs, ", gate_width(d), ", ", in_width(d, l), ")");
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES(x_proj.scalar_type(), "ntm_forward", [&] {
-    result = forward_impl<scalar_t>(d, slice, threads, x_proj, lengths, ctrl0, reads0, weights0, memory0, weight, bias);
+  AT_DISPATCH_FLOATING_TYPES(inputs.scalar_type(), "ntm_forward", [&] {
+    result = forward_impl<scalar_t>(d, slice, threads, inputs, lengths, x_weight, x_bias, out_weight, out_bias, ctrl0,
+                                    reads0, weights0, memory0, weight, bias);
   });
   return result;
 }
 
-// saved: what forward returned; d_hidden (runs, T, B, C), d_reads (runs, T, B, R M): gradients at
-// its first two outputs. Returns, each with the leading runs dimension: [d x_proj, d ctrl0...,
-// d reads0, d weights0, d memory0, d weight_0, d weight_1, d bias_1, ..., d heads weight,
-// d heads bias]. threads: as forward's.
-std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor d_hidden, at::Tensor d_reads,
-                                 std::vector<at::Tensor> weight, int64_t R, int64_t W, int64_t K, bool lstm,
-                                 int64_t threads) {
+// saved: what forward returned after the logits; inputs: the forward's; d_logits (runs, T, B, O):
+// the gradient at its logits (rows past a run's length ignored). Returns, each with the leading
+// runs dimension: [d ctrl0..., d reads0, d weights0, d memory0, d weight_0, d weight_1, d bias_1,
+// ..., d heads weight, d heads bias, d x_weight, d x_bias, d out_weight, d out_bias]. threads: as
+// forward's.
+std::vector<at::Tensor> backward(std::vector<at::Tensor> saved, at::Tensor inputs, at::Tensor d_logits,
+                                 std::vector<at::Tensor> weight, at::Tensor out_weight, int64_t R, int64_t W,
+                                 int64_t K, bool lstm, int64_t threads) {
   const int64_t L = static_cast<int64_t>(weight.size()) - 1;
   TORCH_CHECK(static_cast<int64_t>(saved.size()) == kFixed + layer_slots(lstm) * L, "saved tensors do not match the model");
-  const int64_t runs = d_hidden.size(0);
-  check(d_hidden, saved[0], runs, "d_hidden");
-  check(d_reads, saved[0], runs, "d_reads");
+  const int64_t runs = d_logits.size(0);
+  check(d_logits, saved[0], runs, "d_logits");
+  check(inputs, saved[0], runs, "inputs");
   for (const auto& t : weight) check(t, saved[0], runs, "weight", true);
-  TORCH_CHECK(d_hidden.sizes() == saved[0].sizes() && d_reads.sizes() == saved[1].sizes(),
-              "d_hidden and d_reads must have the forward's outputs' shapes");
+  check(out_weight, saved[0], runs, "out_weight", true);
+  TORCH_CHECK(d_logits.dim() == 4 && d_logits.size(1) == saved[0].size(1) && d_logits.size(2) == saved[0].size(2) &&
+              d_logits.size(3) == out_weight.size(1) && inputs.sizes().slice(0, 3) == d_logits.sizes().slice(0, 3),
+              "d_logits must have the forward's logits' shape, inputs the forward's inputs'");
   const at::Tensor& memory = saved[4];
   const int64_t C = weight[L].size(2);
   const int64_t M = saved[1].size(3) / R;
-  const Dims d = make_dims(runs, d_hidden.size(1), d_hidden.size(2), memory.size(1) / M, M, R, W, K, C, L, lstm);
+  const Dims d = make_dims(runs, d_logits.size(1), d_logits.size(2), memory.size(1) / M, M, R, W, K, C, L, lstm);
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> result;
-  AT_DISPATCH_FLOATING_TYPES(d_hidden.scalar_type(), "ntm_backward", [&] {
-    result = backward_impl<scalar_t>(d, saved, d_hidden, d_reads, weight, threads);
+  AT_DISPATCH_FLOATING_TYPES(d_logits.scalar_type(), "ntm_backward", [&] {
+    result = backward_impl<scalar_t>(d, saved, inputs, d_logits, weight, out_weight, threads);
   });
   return result;
 }

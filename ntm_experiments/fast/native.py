@@ -40,10 +40,8 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..models.ntm import NTM, LSTMController
-from .handwritten import HandwrittenCore, _HandwrittenRecurrence
 from .recurrence import CoreUnavailable, flatten_state, recurrent_weights
 
 SOURCE = Path(__file__).resolve().with_name("native.cpp")
@@ -147,33 +145,89 @@ def check_supported(model: NTM, device: torch.device) -> None:
         raise NativeUnavailable(f"the native core runs float32 and float64, not {dtype}")
 
 
-class NativeNTM(HandwrittenCore):
-    """``NativeNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O)."""
+def _runs_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (K, ...) as the extension takes weights: each run's values contiguous, the runs at any
+    stride (a view of the stack's parameter rows stays a view)."""
+    if t[0].is_contiguous() and (t.shape[0] == 1 or t.stride(0) >= t[0].numel()):
+        return t
+    return t.contiguous()
+
+
+class _NativeSequence(torch.autograd.Function):
+    """inputs (K, T, B, I) and each run's length, the input layer's (K, G, I) weight and (K, G) bias,
+    the output layer's (K, O, C + R M) weight and (K, O) bias, the initial state (controller
+    tensors, reads (K, B, R, M), read and write weightings (K, B, R|W, N), memory (K, B, N, M))
+    and the loop's (weight, bias) pairs (K, out, in) and (K, out) -> logits (K, T, B, O), zero past
+    each run's length. Forward and backward are one native call each (native.cpp)."""
+
+    @staticmethod
+    def forward(ctx, core, n_state: int, inputs, lengths, x_weight, x_bias, out_weight, out_bias, *tensors):
+        n_controller = n_state - 4
+        controller = [t.contiguous() for t in tensors[:n_controller]]
+        reads, read_weights, write_weights, memory = tensors[n_controller:n_state]
+        flat_linears = tensors[n_state:]
+        weights = [_runs_contiguous(w) for w in flat_linears[0::2]]
+        biases = [_runs_contiguous(b) for b in flat_linears[3::2]]
+        out_weight = _runs_contiguous(out_weight)
+        result = core.run_forward(inputs, lengths, _runs_contiguous(x_weight), _runs_contiguous(x_bias), controller,
+                                  reads.flatten(-2).contiguous(),
+                                  torch.cat([read_weights, write_weights], dim=-2).contiguous(), memory.contiguous(),
+                                  weights, biases, out_weight, _runs_contiguous(out_bias))
+        ctx.core, ctx.saved, ctx.inputs, ctx.weights, ctx.out_weight = core, result[1:], inputs, weights, out_weight
+        ctx.n_controller = n_controller
+        return result[0]
+
+    @staticmethod
+    def backward(ctx, d_logits):
+        core, model = ctx.core, ctx.core.model
+        grads = core.run_backward(ctx.saved, ctx.inputs, d_logits.contiguous(), ctx.weights, ctx.out_weight)
+        ctx.saved = ctx.inputs = ctx.weights = ctx.out_weight = None
+        n = ctx.n_controller
+        d_controller = grads[:n]
+        d_reads0, d_weights0, d_memory0 = grads[n:n + 3]
+        d_linears = [grads[n + 3], None, *grads[n + 4:-4]]  # layer 0 has no bias here
+        d_x_weight, d_x_bias, d_out_weight, d_out_bias = grads[-4:]
+        return (None, None, None, None, d_x_weight, d_x_bias, d_out_weight, d_out_bias, *d_controller,
+                d_reads0.unflatten(-1, (model.R, model.M)), d_weights0[..., :model.R, :], d_weights0[..., model.R:, :],
+                d_memory0, *d_linears)
+
+
+class _NativeCall:
+    """What both native cores share: the extension's two calls with the model's sizes."""
 
     samples_per_unit = SAMPLES_PER_UNIT
     threads: int | None = None  # the most threads the core uses; None: core_threads()
 
+    def run_forward(self, *args):
+        model = self.model
+        return self.extension.forward(*args, model.R, model.W, model.K, self.lstm, self.samples_per_unit,
+                                      self.threads or core_threads())
+
+    def run_backward(self, saved, inputs, d_logits, weights, out_weight):
+        model = self.model
+        return self.extension.backward(saved, inputs, d_logits, weights, out_weight, model.R, model.W, model.K,
+                                       self.lstm, self.threads or core_threads())
+
+
+class NativeNTM(_NativeCall):
+    """``NativeNTM(model)(inputs)`` = ``model(inputs)``: inputs (T, B, I) -> logits (T, B, O), the
+    input layer, the recurrence and the output layer in one native call (a stack of one)."""
+
     def __init__(self, model: NTM):
         check_supported(model, next(model.parameters()).device)
-        super().__init__(model)
+        self.model = model
+        self.lstm = isinstance(model.controller, LSTMController)
         self.extension = load_extension()
 
-    def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
-        """The stacked call with a stack of one: every tensor gets a leading runs dimension of 1."""
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         model = self.model
-        saved = self.extension.forward(x_projection[None], torch.tensor([x_projection.shape[0]]),
-                                       [t[None] for t in controller], reads0[None],
-                                       weights0[None], memory0[None], [w[None] for w in weights],
-                                       [b[None] for b in biases], model.R, model.W, model.K, self.lstm,
-                                       self.samples_per_unit, self.threads or core_threads())
-        return [saved[0][0], saved[1][0], *saved[2:]]
-
-    def run_backward(self, saved, d_hidden, d_reads, weights):
-        model = self.model
-        grads = self.extension.backward([saved[0][None], saved[1][None], *saved[2:]], d_hidden[None], d_reads[None],
-                                        [w[None] for w in weights], model.R, model.W, model.K, self.lstm,
-                                        self.threads or core_threads())
-        return [g[0] for g in grads]
+        x_weight, x_bias, linears = recurrent_weights(model, inputs.shape[2])
+        flat_state = flatten_state(model.initial_state(inputs.shape[1]))
+        flat_linears = [None if t is None else t[None] for pair in linears for t in pair]
+        logits = _NativeSequence.apply(self, len(flat_state), inputs[None].contiguous(), torch.tensor([inputs.shape[0]]),
+                                       x_weight[None], x_bias[None], model.output.weight[None],
+                                       model.output.bias[None], *[t[None] for t in flat_state], *flat_linears)
+        return logits[0]
 
 
 def _structure(model: NTM) -> tuple:
@@ -203,22 +257,17 @@ def _stacked_parameters(models: list[NTM], flat) -> dict[str, torch.Tensor]:
     return stacked
 
 
-class StackedNativeNTM:
+class StackedNativeNTM(_NativeCall):
     """K independent runs in one native call. ``StackedNativeNTM(models)(inputs)`` =
     ``[model(x) for model, x in zip(models, inputs)]``: inputs [(T_k, B, I)] -> logits
     [(T_k, B, O)], every run with the same B and I and its own sequence length T_k; autograd gives
     each run's gradients to its own model's parameters. The models must share one structure
     (sizes, heads, controller, dtype; their values are their own).
 
-    Per run, the input layer and the output layer are that model's own ``F.linear`` over its
-    T_k B rows; the recurrence is one autograd Function over the stacked tensors (the runs' input
-    projections padded to the longest T, the models' loop weights stacked (K, out, in)), whose
-    work units span (run, slice of samples) and stop at their run's own length. A run's results
-    are bitwise those of the same run in a stack of one (and so of ``NativeNTM``)."""
-
-    recurrence = _HandwrittenRecurrence
-    samples_per_unit = SAMPLES_PER_UNIT
-    threads: int | None = None  # the most threads the core uses; None: core_threads()
+    The whole model (input layer, recurrence, output layer) is one autograd Function over the
+    stacked tensors (the runs' inputs padded to the longest T, each weight stacked (K, out, in)),
+    whose work units span (run, slice of samples) and stop at their run's own length. A run's
+    results are bitwise those of the same run in a stack of one (and so of ``NativeNTM``)."""
 
     def __init__(self, models: list[NTM], flat=None):
         """``flat``: the models' parameters as rows of one buffer (stacked.FlatParameters, whose
@@ -253,23 +302,21 @@ class StackedNativeNTM:
         lengths = [x.shape[0] for x in inputs]
         longest = max(lengths)
         if self.stacked is not None and (runs is None or list(runs) == list(range(len(self.models)))):
-            x_weights, x_biases, flat_linears = self._stacked_weights(input_size)
+            x_weight, x_bias, out_weight, out_bias, flat_linears = self._stacked_weights(input_size)
             flat_state = self._stacked_state(batch_size)
         else:
-            x_weights, x_biases, flat_linears, flat_state = self._weights_of(models, input_size, batch_size)
-        x_projections = []
-        for x, x_weight, x_bias in zip(inputs, x_weights, x_biases):
-            projection = F.linear(x, x_weight, x_bias)  # (T_k, B, G): one GEMM per run, padded to the longest
-            x_projections.append(F.pad(projection, (0, 0, 0, 0, 0, longest - x.shape[0])))
-        self.lengths = torch.tensor(lengths)  # for run_forward, inside the Function's forward
-        hidden, reads = self.recurrence.apply(self, len(flat_state), torch.stack(x_projections), *flat_state,
-                                              *flat_linears)
-        return [model.output(torch.cat([h[:t], r[:t]], dim=-1)) for model, h, r, t in zip(models, hidden, reads, lengths)]
+            x_weight, x_bias, out_weight, out_bias, flat_linears, flat_state = self._weights_of(models, input_size,
+                                                                                                batch_size)
+        padded = torch.nn.utils.rnn.pad_sequence(list(inputs), batch_first=True)  # (K, T, B, I), zeros past T_k
+        logits = _NativeSequence.apply(self, len(flat_state), padded, torch.tensor(lengths), x_weight, x_bias, out_weight,
+                                       out_bias, *flat_state, *flat_linears)
+        return [run[:t] for run, t in zip(logits.unbind(0), lengths)]
 
     @staticmethod
     def _weights_of(models, input_size: int, batch_size: int):
-        """Each model's x weight and bias, the loop's (K, out, in) weights and (K, out) biases and the
-        initial state (each (K, B, ...)), stacked from the models' own tensors."""
+        """The input layer's (K, G, I) weight and (K, G) bias, the output layer's weight and bias,
+        the loop's (K, out, in) weights and (K, out) biases and the initial state (each (K, B,
+        ...)), stacked from the models' own tensors."""
         x_weights, x_biases, states, linears = [], [], [], []
         for model in models:
             x_weight, x_bias, pairs = recurrent_weights(model, input_size)
@@ -282,11 +329,12 @@ class StackedNativeNTM:
         for layer in zip(*linears):  # one layer, every run: (K, out, in) and (K, out) or None
             flat_linears.append(torch.stack([weight for weight, _ in layer]))
             flat_linears.append(None if layer[0][1] is None else torch.stack([bias for _, bias in layer]))
-        return x_weights, x_biases, flat_linears, flat_state
+        return (torch.stack(x_weights), torch.stack(x_biases), torch.stack([m.output.weight for m in models]),
+                torch.stack([m.output.bias for m in models]), flat_linears, flat_state)
 
     def _stacked_weights(self, input_size: int):
-        """recurrent_weights for every run at once, from the (K, ...) views of the parameter rows:
-        per run the x weight and bias, then the loop's [weight, bias or None, ...]."""
+        """_weights_of's weights for every run at once, from the (K, ...) views of the parameter
+        rows: the input layer's, the output layer's, then the loop's [weight, bias or None, ...]."""
         p = self.stacked
         if self.lstm:
             layers = len(self.model.controller.cells)
@@ -306,7 +354,7 @@ class StackedNativeNTM:
             for l in range(1, layers):
                 linears += [p[f"controller.layers.{l}.weight"], p[f"controller.layers.{l}.bias"]]
         linears += [p["heads.weight"], p["heads.bias"]]
-        return list(x_weight.unbind(0)), list(x_bias.unbind(0)), linears
+        return x_weight, x_bias, p["output.weight"], p["output.bias"], linears
 
     def _stacked_state(self, batch_size: int) -> list[torch.Tensor]:
         """NTM.initial_state for every run at once: [controller (K, B, C)..., reads (K, B, R, M),
@@ -323,14 +371,3 @@ class StackedNativeNTM:
         return [*controller, p["read0"][:, None].expand(K, batch_size, -1, -1),
                 weights[:, None, :model.R].expand(K, batch_size, -1, -1),
                 weights[:, None, model.R:].expand(K, batch_size, -1, -1), memory[:, None].expand(K, batch_size, -1, -1)]
-
-    def run_forward(self, x_projection, controller, reads0, weights0, memory0, weights, biases):
-        model = self.model
-        return self.extension.forward(x_projection, self.lengths, controller, reads0, weights0, memory0, weights, biases,
-                                      model.R, model.W, model.K, self.lstm, self.samples_per_unit,
-                                      self.threads or core_threads())
-
-    def run_backward(self, saved, d_hidden, d_reads, weights):
-        model = self.model
-        return self.extension.backward(saved, d_hidden, d_reads, weights, model.R, model.W, model.K, self.lstm,
-                                       self.threads or core_threads())
