@@ -1,5 +1,6 @@
-"""The base of the cores whose forward and backward over a whole sequence are written by hand
-(native.py: C++ on the CPU; triton.py: Triton kernels on the GPU).
+"""The base of the Triton core (triton.py), whose forward and backward over a whole sequence are
+written by hand in native.cpp's arrangement (the native core itself, native.py, also takes the
+input and output layers into its one call).
 
 Such a core gives, for the recurrence of recurrence.py's step 2, ``run_forward`` and
 ``run_backward``. The backward returns, in this order: the gradient at the input projection
@@ -19,8 +20,7 @@ from .recurrence import SequenceCore
 class _HandwrittenRecurrence(torch.autograd.Function):
     """x_projection (T, B, G), the initial state (controller tensors, reads (B, R, M), read and
     write weightings (B, R|W, N), memory (B, N, M)) and the loop's (weight, bias) pairs ->
-    hidden (T, B, C), read vectors (T, B, R M). A stacked core (native.py's StackedNativeNTM)
-    gives every tensor a leading runs dimension, (K, T, B, G) and so on."""
+    hidden (T, B, C), read vectors (T, B, R M)."""
 
     @staticmethod
     def forward(ctx, core: "HandwrittenCore", n_state: int, x_projection, *tensors):

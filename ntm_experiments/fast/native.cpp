@@ -1,12 +1,14 @@
-// The NTM's recurrent core over a whole sequence on the CPU, forward and backward, written by
-// hand: the fast path's "native" core (native.py, beside this file, builds and loads it), for a
-// stack of independent runs (one run is a stack of one).
+// The NTM over a whole sequence on the CPU, forward and backward, written by hand: the fast
+// path's "native" core (native.py, beside this file, builds and loads it), for a stack of
+// independent runs (one run is a stack of one), each at its own sequence length.
 //
-// It computes what NTM.forward computes between the input layer and the output layer, for every
-// time step: the controller's recurrent layers, the heads' linear layer, addressing (eqs. 5-9,
-// §3.3), read (eq. 2, §3.1) and erase/add write (eqs. 3-4, §3.2). The backward is the exact
-// gradient of that function from the forward's saved intermediates: nothing is recomputed, and
-// each weight's gradient is one GEMM per work unit over its T n rows after the reverse loop.
+// It computes what NTM.forward computes, from inputs to logits, for every time step: the input
+// layer's share of the first controller layer, the controller's layers, the heads' linear layer,
+// addressing (eqs. 5-9, §3.3), read (eq. 2, §3.1), erase/add write (eqs. 3-4, §3.2) and the output
+// layer on [h, reads]. The backward is the exact gradient of that function from the forward's saved
+// intermediates: nothing is recomputed, and each weight's gradient is one GEMM per work unit over
+// its T n rows after the reverse loop (the input and output layers': one a step where a unit
+// holds part of its run's batch).
 //
 // Why by hand: per time step the compiled (torch.compile) step spends most of its time in the
 // wrappers around a few small kernels, not in arithmetic. Here a whole sequence is one call: the

@@ -2,10 +2,10 @@
 call forward and one backward (``native.cpp``, beside this file), the same function as
 ``NTM.forward``; and its stacked form, several independent runs in one call.
 
-Like the sequence core (sequence.py), the input layer and the output layer are one GEMM
-each over all T B rows, outside the loop. Unlike it, nothing is compiled per process, no time
-step goes through Python, and the backward reads the forward's saved intermediates instead of
-recomputing them.
+The input layer, the recurrence and the output layer are one autograd Function (inputs ->
+logits), whose forward and backward are one native call each. Unlike the sequence core
+(sequence.py), nothing is compiled per process, no time step goes through Python, and the
+backward reads the forward's saved intermediates instead of recomputing them.
 
 Threads: the unit of work is one run's slice of SAMPLES_PER_UNIT samples, which one thread
 carries from the first time step to the last, forward and backward; units go to whichever
@@ -17,7 +17,7 @@ same, bit for bit, on any number of threads and for a run in any stack of runs. 
 core, a training step runs ATen on one thread (``aten_on_one_thread``, FastStep does).
 
   NativeNTM(model)            inputs (T, B, I) -> logits (T, B, O): one run (a stack of one)
-  StackedNativeNTM(models)    inputs (K, T, B, I) -> logits (K, T, B, O): K runs of one
+  StackedNativeNTM(models)    inputs [(T_k, B, I)] -> logits [(T_k, B, O)]: K runs of one
                               structure, each with its own weights, state and data; each run's
                               gradients reach its own model's parameters
 
