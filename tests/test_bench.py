@@ -41,3 +41,16 @@ def test_bench_stack_writes_a_row_per_way_to_train_k_runs(tmp_path):
     assert (rows["stacked"]["runs"], rows["joblib2"]["runs"], rows["batch16"]["batch_size"]) == (3, 2, 16)
     assert rows["one"]["vs_one"] == 1.0 and all(len(r["chunks_sequences_per_s"]) == 2 for r in rows.values())
     assert "| stacked | 3 | 1 |" in result.stdout
+
+
+def test_stack_end_to_end_times_one_run_and_a_stack_through_the_cli(tmp_path):
+    out = tmp_path / "e2e.json"
+    result = subprocess.run([sys.executable, "scripts/stack_end_to_end.py", "--runs", "2", "--sequences", "4",
+                             "--override", "model.controller_size=8", "model.memory_rows=8", "eval.sequences=2",
+                             "eval.pictures=false", "--json", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(out.read_text())
+    assert (row["runs"], row["sequences_per_run"], row["batch_size"]) == (2, 4, 1)
+    assert row["one_run_s"] > 0 and row["stacked_s"] > 0
+    assert row["vs_one"] == row["stacked_sequences_per_s"] / row["one_run_sequences_per_s"]
+    assert "2 stacked runs:" in result.stdout
