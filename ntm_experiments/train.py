@@ -23,6 +23,7 @@ from .config import config_dir
 from .devices import auto_device_note, resolve_device
 from .errors import ConfigError, RunError
 from .fast import make_train_step, use_fast_path
+from .fast.steps import core_ready
 from .fast.stacked import StackedStep, stacked_forward
 from .interrupts import StopSignals
 from .run_state import RunState
@@ -55,7 +56,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     if note := auto_device_note(str(cfg.device), device, cfg.train.batch_size, cfg.auto_cuda_min_sequences):
         log.info(note)
     run = RunState(cfg, run_dir, device)
-    fast = use_fast_path(cfg.train.fast_path, run.model, device, run.total - run.seen, cfg.train.fast_path_min_sequences)
+    fast = use_fast_path(cfg.train.fast_path, run.model, device, run.total - run.seen, cfg.train.fast_path_min_sequences,
+                         core_ready(cfg.train.fast_path_core, device))
     core = None if cfg.train.fast_path_core == "auto" else cfg.train.fast_path_core
     stepper = make_train_step(fast, run.model, run.task, run.optimizer, run.params, device, core)
     what = f"fast path ({stepper.core or 'nn.LSTM'} core{', CUDA graphs' if stepper.graphs else ''})" if fast else "plain eager"
@@ -123,7 +125,8 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
         return results
     first = runs[live[0]]
     fast = use_fast_path(first.cfg.train.fast_path, first.model, device,
-                         max(runs[k].total - runs[k].seen for k in live), first.cfg.train.fast_path_min_sequences)
+                         max(runs[k].total - runs[k].seen for k in live), first.cfg.train.fast_path_min_sequences,
+                         core_ready(first.cfg.train.fast_path_core, device))
     core = None if first.cfg.train.fast_path_core == "auto" else first.cfg.train.fast_path_core
     forwards = [stacked_forward(fast, runs[k].model, device, core) for k in live]
     stepper = StackedStep([runs[k].model for k in live], [runs[k].task for k in live],

@@ -28,6 +28,19 @@ torch.set_num_threads(1)
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+@pytest.fixture(scope="session", autouse=True)
+def native_core_built():
+    """Build (or load) the native core before any test: with train.fast_path=auto any NTM run on the
+    CPU uses it once it is cached, so every test must see the same cache state, whatever the order
+    the tests run in (a machine without a compiler: nothing is cached, for every test alike)."""
+    from ntm_experiments.fast.native import NativeUnavailable, load_extension
+
+    try:
+        load_extension()
+    except NativeUnavailable:
+        pass
+
+
 TASKS = ["copy", "repeat_copy", "associative_recall", "ngrams", "priority_sort"]
 MODELS = ["ntm_ff", "ntm_lstm", "lstm"]
 # a small, fast run for CLI tests: real code paths, tiny sizes

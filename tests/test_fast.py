@@ -14,6 +14,7 @@ from torch._dynamo.utils import counters
 from conftest import MODELS, TASKS, compose_config, conf_settings, graves_rmsprop, scalars
 from ntm_experiments.errors import ConfigError
 from ntm_experiments.fast import CORES, FastStep, PlainStep, use_fast_path
+from ntm_experiments.fast.native import load_extension
 from ntm_experiments.fast import native as ntm_native
 from ntm_experiments.fast.native import NativeNTM, NativeUnavailable
 from ntm_experiments.fast.sequence import SequenceNTM
@@ -383,6 +384,8 @@ def test_auto_turns_the_fast_path_on_for_long_ntm_runs_and_on_cuda():
     assert use_fast_path("auto", lstm, cuda, 100, 20_000)
     assert not use_fast_path("false", ntm, cuda, 10**6, 20_000)
     assert use_fast_path("true", lstm, cpu, 10, 20_000)
+    assert use_fast_path("auto", ntm, cpu, 10, 20_000, core_ready=True)  # a built, cached native core: no cost
+    assert not use_fast_path("auto", lstm, cpu, 10, 20_000, core_ready=True)
 
 
 def test_bad_fast_path_value_is_refused():
@@ -411,3 +414,16 @@ def test_fast_training_run_gives_the_plain_runs_curve(tmp_path):
     assert [s for s, _ in curves["true"]] == steps == [40, 80, 120, 160, 200]
     for (_, fast), (_, plain) in zip(curves["true"], curves["false"]):
         assert fast == pytest.approx(plain, rel=1e-3)  # float32 rounding, compounded over 25 updates
+
+
+def test_the_native_core_is_ready_once_built_and_a_compiled_core_never(monkeypatch, tmp_path):
+    from ntm_experiments.fast import native
+    from ntm_experiments.fast.steps import core_ready
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    load_extension()  # built and cached here (the tests' extension folder)
+    assert native.native_ready() and core_ready("auto", cpu) and core_ready("native", cpu)
+    assert not core_ready("sequence", cpu) and not core_ready("auto", cuda)
+    monkeypatch.setattr(native, "_extension", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # a machine that never built it
+    assert not native.native_ready() and not core_ready("auto", cpu)

@@ -94,6 +94,24 @@ class NativeUnavailable(CoreUnavailable):
     """The C++ core cannot be built or does not apply."""
 
 
+def _cached(source: Path, name: str) -> tuple[bool, str]:
+    """(whether torch's extension cache holds a build of ``source`` newer than it, the cache's folder)."""
+    from torch.utils import cpp_extension
+
+    try:
+        where = cpp_extension._get_build_directory(name, verbose=False)
+        built = Path(where, f"{name}.so")
+        return built.is_file() and built.stat().st_mtime >= source.stat().st_mtime, where
+    except Exception:  # noqa: BLE001 - torch's cache layout unknown: better said once too often
+        return False, "torch's extension cache"
+
+
+def native_ready() -> bool:
+    """Whether the native core starts at no cost here: loaded in this process, or built and cached
+    on this machine (a load takes a fraction of a second; a build 30 to 90 s)."""
+    return _extension is not None or _cached(SOURCE, "ntm_native_cpu")[0]
+
+
 def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
     """The compiled extension (built on first use, then cached by torch); NativeUnavailable if
     it cannot be built here."""
@@ -105,13 +123,8 @@ def load_extension(source: Path = SOURCE, name: str = "ntm_native_cpu"):
     scripts = sysconfig.get_path("scripts")  # the environment's own ninja (a dependency) when PATH lacks it
     if shutil.which("ninja") is None and scripts and Path(scripts, "ninja").exists():
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
-    try:  # a build, not a load, is silent for 30 to 90 s: say so before it starts
-        where = cpp_extension._get_build_directory(name, verbose=False)
-        built = Path(where, f"{name}.so")
-        cached = built.is_file() and built.stat().st_mtime >= source.stat().st_mtime
-    except Exception:  # noqa: BLE001 - torch's cache layout unknown: better said once too often
-        cached, where = False, "torch's extension cache"
-    if not cached:
+    cached, where = _cached(source, name)
+    if not cached:  # a build, not a load, is silent for 30 to 90 s: say so before it starts
         logging.getLogger("ntm_experiments.fast").info(
             "fast path: building the native CPU core from %s, once per machine (30 to 90 s; then cached in %s)",
             source.name, where)

@@ -45,16 +45,27 @@ NATS_PER_BIT = math.log(2.0)
 
 
 def use_fast_path(setting, model: torch.nn.Module, device: torch.device, sequences_to_train: int,
-                  min_sequences_cpu: int) -> bool:
+                  min_sequences_cpu: int, core_ready: bool = False) -> bool:
     """Whether a run uses FastStep: ``train.fast_path`` true/false, or auto: always on CUDA;
-    on the CPU for NTM models when the run trains at least ``min_sequences_cpu`` sequences,
-    so that the compilation (tens of seconds) pays for itself."""
+    on the CPU for NTM models when the core starts at no cost (``core_ready``: the native core,
+    built and cached on this machine) or the run trains at least ``min_sequences_cpu`` sequences,
+    so that a build or compilation (tens of seconds) pays for itself."""
     setting = str(setting).lower()  # Hydra reads true/false as booleans
     if setting in ("true", "false"):
         return setting == "true"
     if device.type == "cuda":
         return True
-    return isinstance(model, NTM) and sequences_to_train >= min_sequences_cpu
+    return isinstance(model, NTM) and (core_ready or sequences_to_train >= min_sequences_cpu)
+
+
+def core_ready(core_setting: str, device: torch.device) -> bool:
+    """Whether the fast path's core for ``train.fast_path_core`` starts at no cost here: the native
+    core (the CPU's default) once built and cached; a compiled core never (it compiles per process)."""
+    if device.type != "cpu" or str(core_setting) not in ("auto", "native"):
+        return False
+    from .native import native_ready
+
+    return native_ready()
 
 
 def _grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
