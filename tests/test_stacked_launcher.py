@@ -200,3 +200,25 @@ def test_a_preempted_stack_job_checkpoints_every_run_and_its_requeued_self_resum
         stopped_curve, whole = scalars(sweep / f"seed{s}", COST_TAG), scalars(straight / f"seed{s}", COST_TAG)
         assert [x for x, _ in stopped_curve] == [x for x, _ in whole] == list(range(16, 481, 16))
         assert [v for _, v in stopped_curve] == [v for _, v in whole]
+
+
+def test_a_group_is_split_into_stacks_that_fit_max_memory_gb(workdir):
+    """Four seeds, room by the estimate for two and a half runs: two stacks of two, said in the log."""
+    from conftest import compose_config
+    from ntm_experiments.fast.stacked import run_memory_bytes
+    from ntm_experiments.run_state import build_run
+
+    import torch
+
+    task, model, _, _ = build_run(compose_config(*SMALL), torch.device("cpu"))
+    room = 2.5 * run_memory_bytes(task, model, 2) / 2**30
+    sweep = workdir / "sweep"
+    result = run_cli([*STACKED, *SMALL, "train.total_sequences=32", f"hydra.sweep.dir={sweep}", "seed=1,2,3,4",
+                      f"hydra.launcher.max_memory_gb={room:.9f}"], cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "at most 2 runs each" in result.stdout + result.stderr
+    for s in (1, 2, 3, 4):
+        assert "2 runs stacked" in (sweep / f"seed{s}_lr0.0001" / "train.log").read_text()
+    bad = run_cli([*STACKED, *SMALL, "hydra.launcher.max_memory_gb=0", f"hydra.sweep.dir={workdir / 'bad'}", "seed=1,2"],
+                  cwd=workdir)
+    assert bad.returncode != 0 and "hydra.launcher.max_memory_gb=0: must be a positive number of GB" in bad.stderr

@@ -339,3 +339,17 @@ def test_know_nothing_cost_by_hand():
     logits = (2 * copy.targets - 1) * 50
     logits[6, 0, 0] = -50.0 * (2 * copy.targets[6, 0, 0] - 1)
     assert cost_bits(logits, copy.targets, copy.mask)[0].item() == pytest.approx(50 / math.log(2), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_max_steps_bounds_every_training_batch_and_is_reached(name):
+    """Task.max_steps: no training batch is longer; the longest possible one (every sequence at
+    the task's largest settings) is exactly that long."""
+    task = build_task(name)
+    generator = torch.Generator().manual_seed(0)
+    longest = max(task.sample(8, generator).inputs.shape[0] for _ in range(200))
+    assert longest <= task.max_steps()
+    largest = {"copy": {"length": getattr(task, "max_length", 0)}, "ngrams": {}, "priority_sort": {},
+               "repeat_copy": {"length": getattr(task, "max_length", 0), "repeats": getattr(task, "max_repeats", 0)},
+               "associative_recall": {"items": getattr(task, "max_items", 0)}}
+    assert task.sample(2, generator, **largest[name]).inputs.shape[0] == task.max_steps()

@@ -35,14 +35,18 @@ class _Job(NamedTuple):  # not a dataclass: Hydra's plugin scan runs this module
 
 
 class StackedLauncher(Launcher):
-    """``max_stack``: most runs in one stack. ``submitit``: None to train the stacks here, one after
-    another; or a submitit launcher's settings (hydra/launcher/stacked_slurm.yaml includes the
-    slurm preset's), and each stack becomes one job of a submitit job array."""
+    """``max_stack``: most runs in one stack; ``max_memory_gb``: the most memory a stack may take by
+    the estimate of fast/stacked.py's ``run_memory_bytes`` (a group is split into stacks that fit
+    both). ``submitit``: None to train the stacks here, one after another; or a submitit
+    launcher's settings (hydra/launcher/stacked_slurm.yaml includes the slurm preset's), and each
+    stack becomes one job of a submitit job array."""
 
-    def __init__(self, max_stack: int = 64, submitit: Any = None) -> None:
+    def __init__(self, max_stack: int = 64, max_memory_gb: float = 8.0, submitit: Any = None) -> None:
         if not isinstance(max_stack, int) or max_stack < 1:
             raise ValueError(f"hydra.launcher.max_stack={max_stack}: must be a positive integer")
-        self.max_stack, self.submitit = max_stack, submitit
+        if not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
+            raise ValueError(f"hydra.launcher.max_memory_gb={max_memory_gb}: must be a positive number of GB")
+        self.max_stack, self.max_memory_gb, self.submitit = max_stack, float(max_memory_gb), submitit
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -69,7 +73,10 @@ class StackedLauncher(Launcher):
         for job in configs:
             task_config = OmegaConf.masked_copy(job[2], [k for k in job[2] if k != "hydra"])
             groups.setdefault(stack_key(task_config), []).append(job)
-        chunks = [jobs[i:i + self.max_stack] for jobs in groups.values() for i in range(0, len(jobs), self.max_stack)]
+        chunks = []
+        for jobs in groups.values():
+            size = self._stack_size(jobs[0][2]) if len(jobs) > 1 else 1
+            chunks += [jobs[i:i + size] for i in range(0, len(jobs), size)]
         log.info("Launching %d jobs as %d stack(s) of at most %d", len(configs), len(chunks), self.max_stack)
         for chunk in chunks:
             for index, overrides, _ in chunk:
@@ -88,6 +95,23 @@ class StackedLauncher(Launcher):
                 returns.update(self._run_stack(chunk, number))
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return [returns[index] for index, _, _ in configs]
+
+    def _stack_size(self, sweep_config: DictConfig) -> int:
+        """The most runs of this group in one stack: max_stack, and as many as fit max_memory_gb by
+        the estimate of one run (fast/stacked.py's run_memory_bytes; it says so when that binds)."""
+        from ntm_experiments.fast.stacked import run_memory_bytes
+        from ntm_experiments.models import make_model
+        from ntm_experiments.tasks import make_task
+
+        task = make_task(sweep_config.task)
+        model = make_model(sweep_config.model, task.input_width, task.output_width)
+        per_run = run_memory_bytes(task, model, int(sweep_config.train.batch_size))
+        fits = max(1, int(self.max_memory_gb * 2**30 // per_run))
+        if fits < self.max_stack:
+            log.info("Stacks of %s x %s at batch %d: at most %d runs each (about %.0f MiB a run by the estimate; "
+                     "hydra.launcher.max_memory_gb=%g)", sweep_config.task.name, sweep_config.model.name,
+                     sweep_config.train.batch_size, fits, per_run / 2**20, self.max_memory_gb)
+        return min(self.max_stack, fits)
 
     def _prepare(self, chunk: list) -> list[_Job]:
         """Hydra's per-job set-up (run_job: the job's folder, .hydra/, logging, callbacks) for every

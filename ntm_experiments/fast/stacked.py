@@ -163,6 +163,31 @@ class RunOptimizer:
         self.stacked.set_settings(self.k, **{key: group[key] for key in ("lr", "decay", "momentum", "eps")})
 
 
+def run_memory_bytes(task, model: torch.nn.Module, batch_size: int) -> int:
+    """An estimate of the memory one run takes in a stack, in bytes: its parameters four times over
+    (values, gradients, RMSProp's n, m and D: the model's own tensors are views of them) plus the
+    values a step keeps per sample and time step for the backward, for its longest batch
+    (``task.max_steps()``), doubled for the backward's own buffers. The NTM counts the native
+    core's saved intermediates (native.cpp: heads' outputs, memory, weightings, addressing work,
+    row norms, every controller layer's inputs and activations, the input projection, the logits,
+    h and reads); the LSTM baseline nn.LSTM's (about six values a cell a layer)."""
+    floats = 5 * sum(p.numel() for p in model.parameters())
+    if isinstance(model, NTM):
+        H, N, M, R = model.R + model.W, model.N, model.M, model.R
+        C = model.controller.output_size if hasattr(model.controller, "output_size") else model.heads.in_features
+        lstm = hasattr(model.controller, "cells")
+        layers = len(model.controller.cells) if lstm else len(model.controller.layers)
+        G = 4 * C if lstm else C
+        per_step = model.heads.out_features + N * M + H * N + H * (4 * N + model.K + 4) + N
+        for layer in range(layers):
+            width = (R * M if layer == 0 else C) + (C if lstm else 0)
+            per_step += width + G + (2 * C if lstm else 0)
+        per_step += G + model.output.out_features + C + R * M
+    else:
+        per_step = 6 * sum(p.shape[0] // 4 for name, p in model.named_parameters() if "weight_hh" in name)
+    return 4 * (floats + 2 * per_step * (task.max_steps() + 1) * batch_size)
+
+
 def stacked_forward(fast: bool, model: torch.nn.Module, device: torch.device, core: str | None):
     """A run's forward in a stack: with the fast path, an NTM's core (cores.py; None: the device's
     default); otherwise (or for the LSTM baseline, already fused) None, the model itself."""

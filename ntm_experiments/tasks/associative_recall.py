@@ -33,6 +33,9 @@ class AssociativeRecall(Task):
     def vectors_to_store(self, items: int | None = None) -> int:
         return (items or self.max_items) * self.item_length
 
+    def max_steps(self) -> int:
+        return self.max_items * (self.item_length + 1) + 2 * self.item_length + 2  # the list, the query, the answer
+
     def sample(self, batch_size: int, generator: torch.Generator, items: int | None = None) -> Batch:
         m = self.item_length
         counts = (randint(self.min_items, self.max_items, (batch_size,), generator) if items is None

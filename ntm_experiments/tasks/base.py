@@ -79,6 +79,11 @@ class Task:
         replaces the default values of the task's main size parameter."""
         raise NotImplementedError
 
+    def max_steps(self) -> int:
+        """The most time steps a training batch can have (its longest possible sequence): what a
+        stack's memory estimate is sized by."""
+        raise NotImplementedError
+
     def vectors_to_store(self, **setting) -> int:
         """How many input vectors a model must hold at once to answer exactly, at most, for
         ``setting`` (no keywords: the training distribution). Past a memory's rows, a model can

@@ -32,6 +32,9 @@ class Copy(Task):
     def vectors_to_store(self, length: int | None = None) -> int:
         return length or self.max_length
 
+    def max_steps(self) -> int:
+        return 2 * self.max_length + 1  # the sequence, the delimiter, the copy
+
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None) -> Batch:
         if length is None:
             lengths = randint(self.min_length, self.max_length, (batch_size,), generator)

@@ -71,6 +71,9 @@ class NGrams(Task):
             bits[t] = (draws[t] < table[rows, ctx]).float()
         return bits
 
+    def max_steps(self) -> int:
+        return self.length  # one step a bit
+
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None) -> Batch:
         bits = self.sample_bits(batch_size, generator, length)
         inputs = torch.zeros_like(bits)

@@ -34,6 +34,9 @@ class PrioritySort(Task):
     def vectors_to_store(self, num_inputs: int | None = None, num_outputs: int | None = None) -> int:
         return num_inputs or self.num_inputs
 
+    def max_steps(self) -> int:
+        return self.num_inputs + 1 + self.num_outputs  # the inputs, the delimiter, the sorted outputs
+
     def sample(self, batch_size: int, generator: torch.Generator, num_inputs: int | None = None,
                num_outputs: int | None = None) -> Batch:
         n = num_inputs or self.num_inputs

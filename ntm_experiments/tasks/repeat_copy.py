@@ -41,6 +41,9 @@ class RepeatCopy(Task):
     def vectors_to_store(self, length: int | None = None, repeats: int | None = None) -> int:
         return length or self.max_length
 
+    def max_steps(self) -> int:
+        return self.max_length + 1 + self.max_repeats * self.max_length + 1  # sequence, count, repeats, end marker
+
     def sample(self, batch_size: int, generator: torch.Generator, length: int | None = None,
                repeats: int | None = None) -> Batch:
         lengths = (randint(self.min_length, self.max_length, (batch_size,), generator) if length is None
