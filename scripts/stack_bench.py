@@ -123,12 +123,23 @@ def run(build, args, device: torch.device) -> list[dict]:
     for name, contender in contenders.items():
         if name != "joblib2":
             contender.steps(args.warmup)
+    from bench import Spinners
+
     chunks: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, contender in contenders.items():
-            steps = max(1, args.steps // k) if name == "stacked" else args.steps
-            seconds, sequences = contender.steps(steps)
-            chunks[name].append(sequences / seconds)
+    busy: dict[str, list[float]] = {name: [] for name in contenders}
+    with Spinners(args.busy) as spinners:  # --busy N: each chunk again with N processes spinning
+        for _ in range(args.repeats):
+            for name, contender in contenders.items():
+                steps = max(1, args.steps // k) if name == "stacked" else args.steps
+                seconds, sequences = contender.steps(steps)
+                chunks[name].append(sequences / seconds)
+                if args.busy:
+                    spinners.spin(True)
+                    try:
+                        seconds, sequences = contender.steps(steps)
+                    finally:
+                        spinners.spin(False)
+                    busy[name].append(sequences / seconds)
     if "joblib2" in contenders:
         contenders["joblib2"].close()
     one = statistics.median(chunks["one"])
@@ -139,12 +150,19 @@ def run(build, args, device: torch.device) -> list[dict]:
                      "batch_size": 16 if name == "batch16" else b, "sequences_per_s": rate, "vs_one": rate / one,
                      "chunks_sequences_per_s": rates, "device": device.type, "task": args.task, "model": args.model,
                      "threads": torch.get_num_threads()})
+        if busy[name]:
+            busy_rate = statistics.median(busy[name])
+            rows[-1].update(busy=args.busy, busy_sequences_per_s=busy_rate, idle_over_busy=rate / busy_rate,
+                            busy_chunks_sequences_per_s=busy[name])
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| way to train | runs | batch per run | aggregate seq/s | vs one run |", "|---|---|---|---|---|"]
+    busy = any("busy" in r for r in rows)
+    lines = ["| way to train | runs | batch per run | aggregate seq/s | vs one run |"
+             + (" busy seq/s | idle / busy |" if busy else ""), "|---|---|---|---|---|" + ("---|---|" if busy else "")]
     for r in rows:
         lines.append(f"| {r['path']} | {r['runs']} | {r['batch_size']} | {r['sequences_per_s']:,.0f} | "
-                     f"{r['vs_one']:.2f}x |")
+                     f"{r['vs_one']:.2f}x |" + (f" {r['busy_sequences_per_s']:,.0f} | {r['idle_over_busy']:.2f}x |"
+                                               if busy else ""))
     return "\n".join(lines)

@@ -43,6 +43,19 @@ def test_bench_stack_writes_a_row_per_way_to_train_k_runs(tmp_path):
     assert "| stacked | 3 | 1 |" in result.stdout
 
 
+def test_bench_stack_busy_times_every_chunk_again_with_a_spinning_process(tmp_path):
+    out = tmp_path / "stack.json"
+    result = subprocess.run([sys.executable, "scripts/bench.py", "--device", "cpu", "--stack", "2", "--steps", "2",
+                             "--repeats", "2", "--warmup", "1", "--length", "2", "--busy", "1", "--override",
+                             "model.controller_size=8", "model.memory_rows=8", "--json", str(out)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["busy"] == 1 and len(r["busy_chunks_sequences_per_s"]) == 2 for r in rows)
+    assert all(r["idle_over_busy"] == r["sequences_per_s"] / r["busy_sequences_per_s"] for r in rows)
+    assert "idle / busy" in result.stdout
+
+
 def test_stack_end_to_end_times_one_run_and_a_stack_through_the_cli(tmp_path):
     out = tmp_path / "e2e.json"
     result = subprocess.run([sys.executable, "scripts/stack_end_to_end.py", "--runs", "2", "--sequences", "4",
