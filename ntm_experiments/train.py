@@ -57,7 +57,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.info(note)
     run = RunState(cfg, run_dir, device)
     fast = use_fast_path(cfg.train.fast_path, run.model, device, run.total - run.seen, cfg.train.fast_path_min_sequences,
-                         core_ready(cfg.train.fast_path_core, device))
+                         lambda: core_ready(cfg.train.fast_path_core, device))
     core = None if cfg.train.fast_path_core == "auto" else cfg.train.fast_path_core
     stepper = make_train_step(fast, run.model, run.task, run.optimizer, run.params, device, core)
     what = f"fast path ({stepper.core or 'nn.LSTM'} core{', CUDA graphs' if stepper.graphs else ''})" if fast else "plain eager"
@@ -126,7 +126,7 @@ def train_stack(cfgs: list[DictConfig], run_dirs: list[Path], on_failure=None,
     first = runs[live[0]]
     fast = use_fast_path(first.cfg.train.fast_path, first.model, device,
                          max(runs[k].total - runs[k].seen for k in live), first.cfg.train.fast_path_min_sequences,
-                         core_ready(first.cfg.train.fast_path_core, device))
+                         lambda: core_ready(first.cfg.train.fast_path_core, device))
     core = None if first.cfg.train.fast_path_core == "auto" else first.cfg.train.fast_path_core
     forwards = [stacked_forward(fast, runs[k].model, device, core) for k in live]
     stepper = StackedStep([runs[k].model for k in live], [runs[k].task for k in live],

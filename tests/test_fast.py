@@ -386,6 +386,11 @@ def test_auto_turns_the_fast_path_on_for_long_ntm_runs_and_on_cuda():
     assert use_fast_path("true", lstm, cpu, 10, 20_000)
     assert use_fast_path("auto", ntm, cpu, 10, 20_000, core_ready=True)  # a built, cached native core: no cost
     assert not use_fast_path("auto", lstm, cpu, 10, 20_000, core_ready=True)
+    asked = []  # a function is asked only when the answer depends on it
+    assert use_fast_path("auto", ntm, cpu, 10, 20_000, core_ready=lambda: asked.append(1) or True) and asked == [1]
+    assert not use_fast_path("false", ntm, cpu, 10, 20_000, core_ready=lambda: asked.append(2) or True)
+    assert use_fast_path("auto", ntm, cpu, 50_000, 20_000, core_ready=lambda: asked.append(3) or False)
+    assert asked == [1]
 
 
 def test_bad_fast_path_value_is_refused():

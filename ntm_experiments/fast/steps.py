@@ -45,17 +45,20 @@ NATS_PER_BIT = math.log(2.0)
 
 
 def use_fast_path(setting, model: torch.nn.Module, device: torch.device, sequences_to_train: int,
-                  min_sequences_cpu: int, core_ready: bool = False) -> bool:
+                  min_sequences_cpu: int, core_ready=False) -> bool:
     """Whether a run uses FastStep: ``train.fast_path`` true/false, or auto: always on CUDA;
-    on the CPU for NTM models when the core starts at no cost (``core_ready``: the native core,
-    built and cached on this machine) or the run trains at least ``min_sequences_cpu`` sequences,
-    so that a build or compilation (tens of seconds) pays for itself."""
+    on the CPU for NTM models when the core starts at no cost (``core_ready``, a bool or a
+    function asked only then: the native core, built and cached on this machine) or the run
+    trains at least ``min_sequences_cpu`` sequences, so that a build or compilation (tens of
+    seconds) pays for itself."""
     setting = str(setting).lower()  # Hydra reads true/false as booleans
     if setting in ("true", "false"):
         return setting == "true"
     if device.type == "cuda":
         return True
-    return isinstance(model, NTM) and (core_ready or sequences_to_train >= min_sequences_cpu)
+    if not isinstance(model, NTM):
+        return False
+    return sequences_to_train >= min_sequences_cpu or bool(core_ready() if callable(core_ready) else core_ready)
 
 
 def core_ready(core_setting: str, device: torch.device) -> bool:
