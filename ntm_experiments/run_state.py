@@ -306,7 +306,7 @@ class RunState:
         # purge_step: on resume, TensorBoard drops anything a killed run logged after the checkpoint
         # (the checkpoint's own point, at step `seen`, stays)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.seen + 1 if self.seen else None)
-        self._log_paper_curve()
+        self.paper_curve_from = self.seen  # logged at the first point this process logs (_log_paper_curve)
         if not self.seen:
             self.writer.add_text("model/parameters", f"{n_params:,} (paper: {paper_params or 'n/a'})", 0)
             self.writer.add_scalar("model/parameters", n_params, 0)
@@ -321,15 +321,19 @@ class RunState:
     def _log_paper_curve(self) -> None:
         """The paper's curve for this task x model (paper.paper_curve), as its own series beside the
         run's training cost and one chart drawing both (TensorBoard's Custom Scalars tab), so a
-        run shows while it trains whether it tracks the paper. On a resume, the points past the
+        run shows while it trains whether it tracks the paper. Written at the first point this
+        process logs, inside the training loop, where a signal only sets a flag (about a hundred
+        events at once at start-up, with a signal arriving then, left the fresh-clone CI's
+        SIGINT test waiting on a child that never exited); on a resume, the points past the
         checkpoint again (the writer's purge drops every series' points past it)."""
+        start, self.paper_curve_from = self.paper_curve_from, None
         curve = paper_curve(self.cfg.task.name, self.cfg.model.name)
         if not curve:
             return
         for sequences, cost in curve:
-            if sequences > self.seen:
+            if sequences > start:
                 self.writer.add_scalar(PAPER_TAG, cost, sequences)
-        if not self.seen:
+        if not start:
             chart = f"{self.cfg.task.name} {self.cfg.model.name}: training cost and the paper's (bits per sequence)"
             self.writer.add_custom_scalars({"paper": {chart: ["Multiline", [COST_TAG, PAPER_TAG]]}})
 
@@ -368,6 +372,8 @@ class RunState:
         crossed = lambda every: self.seen // every > before // every or self.seen == self.total  # noqa: E731
         cfg, logged = self.cfg, crossed(self.cfg.train.log_every)
         if logged:
+            if self.paper_curve_from is not None:
+                self._log_paper_curve()
             self.last_cost, mean_grad_norm, activity = self.window.close()
             self.writer.add_scalar(COST_TAG, self.last_cost, self.seen)
             self.writer.add_scalar("train/grad_norm", mean_grad_norm, self.seen)
