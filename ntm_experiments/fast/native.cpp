@@ -488,9 +488,14 @@ class UnitPool {
     }
   }
 
+  // A forked child gets a fresh pool at its first use: the fork handler only drops the pointer
+  // (no allocation there: between fork and exec a child of a threaded process may only do
+  // async-signal-safe work, and a malloc lock held by another thread at the fork would hang it
+  // before it ever reached exec: a subprocess of a test worker that had run the core did).
   static UnitPool& instance() {
-    static const int registered = pthread_atfork(nullptr, nullptr, [] { pool_ = new UnitPool(); });
+    static const int registered = pthread_atfork(nullptr, nullptr, [] { pool_ = nullptr; });
     (void)registered;
+    if (pool_ == nullptr) pool_ = new UnitPool();
     return *pool_;
   }
 
