@@ -12,7 +12,18 @@ outside the square root. Graves puts it inside (eps = 1e-4 bounds the divisor be
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+# train.lr_batch_scaling: the factor on the tables' rate at a batch of B sequences per update
+LR_BATCH_SCALINGS = {"none": lambda batch: 1.0, "sqrt": math.sqrt, "linear": float}
+
+
+def batch_scaled_lr(lr: float, batch_size: int, scaling: str) -> float:
+    """The rate a step uses: the tables' rate ``lr`` (set for one sequence per update) times 1,
+    sqrt(B) or B for ``scaling`` none, sqrt or linear at a batch of ``batch_size`` = B."""
+    return lr * LR_BATCH_SCALINGS[scaling](batch_size)
 
 
 class GravesRMSprop(torch.optim.Optimizer):

@@ -29,7 +29,7 @@ from .errors import ConfigError, Interrupted, RunError, TrainingDiverged
 from .evaluate import capacity_warnings, eval_suite, log_evaluation
 from .interrupts import resume_override
 from .models import count_parameters, make_model
-from .optim import GravesRMSprop
+from .optim import GravesRMSprop, batch_scaled_lr
 from .paper import paper_curve
 from .runs import COST_TAG, EVAL_PREFIX, EVAL_SUFFIX  # the tags that ntm-aggregate and ntm-report read back
 from .tasks import Batch, Task, make_task
@@ -69,13 +69,18 @@ class RunParts(NamedTuple):
     params: list[torch.Tensor]  # the parameters that train (the LSTM baseline holds one bias fixed)
 
 
+def step_lr(cfg: DictConfig) -> float:
+    """The learning rate of a step: train.lr scaled for the batch by train.lr_batch_scaling."""
+    return batch_scaled_lr(cfg.train.lr, cfg.train.batch_size, cfg.train.lr_batch_scaling)
+
+
 def build_run(cfg: DictConfig, device: torch.device) -> RunParts:
     """The task, the model on ``device`` (its weights drawn from ``cfg.seed``) and the optimiser
     with ``cfg.train``'s settings (§4.6)."""
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     model = make_model(cfg.model, task.input_width, task.output_width).to(device)
-    optimizer = GravesRMSprop(model.parameters(), lr=cfg.train.lr, decay=cfg.train.decay,
+    optimizer = GravesRMSprop(model.parameters(), lr=step_lr(cfg), decay=cfg.train.decay,
                               momentum=cfg.train.momentum, eps=cfg.train.eps)
     return RunParts(task, model, optimizer, [p for p in model.parameters() if p.requires_grad])
 
@@ -250,6 +255,11 @@ class RunState:
         for stale in run_dir.glob(f".{checkpoint.CHECKPOINT_NAME}.*.tmp"):  # a write cut short by a kill
             stale.unlink()
         self.task, self.model, self.optimizer, self.params = build_run(cfg, device)
+        if cfg.train.lr_batch_scaling != "none":
+            self.log.info("learning rate %.6g: train.lr=%g scaled by %s of the batch (train.lr_batch_scaling=%s, "
+                          "train.batch_size=%d)", step_lr(cfg), cfg.train.lr,
+                          {"sqrt": "the square root", "linear": "the size"}[cfg.train.lr_batch_scaling],
+                          cfg.train.lr_batch_scaling, cfg.train.batch_size)
         self.data = DataStream(self.task, cfg.seed, cfg.train.batch_size, device)
         self.total = cfg.train.total_sequences
         self.seen, self.last_cost, self.best_eval = 0, math.nan, math.inf
@@ -276,7 +286,7 @@ class RunState:
         check_resumable(saved["config"], cfg)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])  # this also brings back the saved lr, decay, ...
-        settings = {"lr": cfg.train.lr, "momentum": cfg.train.momentum, "decay": cfg.train.decay, "eps": cfg.train.eps}
+        settings = {"lr": step_lr(cfg), "momentum": cfg.train.momentum, "decay": cfg.train.decay, "eps": cfg.train.eps}
         for group in self.optimizer.param_groups:  # ... but the optimiser settings asked for now are the ones that apply
             changed = {k: (group[k], v) for k, v in settings.items() if group[k] != v}
             group.update(settings)

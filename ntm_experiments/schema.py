@@ -92,6 +92,7 @@ class LSTMConfig(ModelConfig):
 @dataclass
 class TrainConfig:
     lr: float = MISSING
+    lr_batch_scaling: str = MISSING
     momentum: float = MISSING
     decay: float = MISSING
     eps: float = MISSING

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .fast.cores import CORES
+from .optim import LR_BATCH_SCALINGS
 
 # what the Hydra task function returns (and sweepers such as Optuna minimise), bits per sequence
 OBJECTIVES = ("final_train_cost", "best_eval_cost")
@@ -29,6 +30,8 @@ def validate(cfg: DictConfig) -> None:
     for value in cfg.eval.lengths or []:
         if value <= 0:
             raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
+    if cfg.train.lr_batch_scaling not in LR_BATCH_SCALINGS:
+        raise ConfigError(f"train.lr_batch_scaling={cfg.train.lr_batch_scaling}: must be one of {', '.join(LR_BATCH_SCALINGS)}")
     if str(cfg.train.fast_path).lower() not in FAST_PATH_VALUES:
         raise ConfigError(f"train.fast_path={cfg.train.fast_path}: must be one of {', '.join(FAST_PATH_VALUES)}")
     if str(cfg.train.fast_path_core) not in FAST_PATH_CORES:

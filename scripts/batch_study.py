@@ -118,6 +118,7 @@ def run_commands(todo, launcher: str, n_jobs: int | None = None) -> list[list[st
         commands.append([
             "ntm-train", "-m", f"hydra/launcher={launcher}", f"task={task}", f"model={','.join(models)}",
             f"train.batch_size={batch}", f"train.lr={','.join(map(str, lrs))}",
+            "train.lr_batch_scaling=none",  # the rates above are the ones a step uses
             f"seed={','.join(map(str, sorted({s for _, _, s in jobs})))}", f"train.total_sequences={total}",
             f"eval.every={total}", "eval.pictures=false", "resume=true", "progress=false",
             f"hydra.sweep.dir={RUNS / task / f'b{batch}'}",

@@ -40,6 +40,7 @@ from ntm_experiments.aggregate import MODEL_LABELS  # noqa: E402
 from ntm_experiments.compare import (REACHED, WINDOW, Binned, Comparison, Distance, Reach, bin_curve,  # noqa: E402
                                      compare, distance, on_axes, reach, window_end)
 from ntm_experiments.errors import ConfigError  # noqa: E402
+from ntm_experiments.optim import batch_scaled_lr  # noqa: E402
 from ntm_experiments.report import FIGURES, LANDMARKS, load_paper_curves  # noqa: E402
 from ntm_experiments.run_state import CLIPPED_TAG, EPS_DOMINANT_TAG  # noqa: E402
 from ntm_experiments.runs import load_run, save_figure, write_atomic  # noqa: E402
@@ -160,7 +161,8 @@ def read_runs(runs_root: Path, paper: dict) -> list[StudyRun]:
             run = load_run(folder)
             cfg = run.config
             task, model = str(cfg.task.name), str(cfg.model.name)
-            batch, lr, seed = int(cfg.train.batch_size), float(cfg.train.lr), int(cfg.seed)
+            batch, seed = int(cfg.train.batch_size), int(cfg.seed)
+            lr = batch_scaled_lr(float(cfg.train.lr), batch, str(cfg.train.get("lr_batch_scaling", "none")))
         except (ConfigError, AttributeError, KeyError, ValueError, TypeError) as error:
             print(f"batch_study_summary: {folder}: unreadable config ({str(error).splitlines()[0]}), skipped")
             continue

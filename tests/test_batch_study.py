@@ -35,10 +35,12 @@ EARLY = 50.0  # bits per sequence in the first two windows, before the paper's c
 
 
 def write_run(folder: Path, task: str, model: str, batch: int, lr: float, seed: int, windows: list[float],
-              end: int | None = None, activity: tuple[float, float] | None = None) -> None:
+              end: int | None = None, activity: tuple[float, float] | None = None, scaling: str = "none") -> None:
     """A run folder as ntm-train leaves it: the composed config, and COST_TAG every 1,000 sequences to
-    ``end`` (default: 10k per window), each point the cost of the 10k window it lies in."""
+    ``end`` (default: 10k per window), each point the cost of the 10k window it lies in; ``scaling``: the
+    run's train.lr_batch_scaling (its step's rate is ``lr`` scaled by it)."""
     config = compose_config(f"task={task}", f"model={model}", f"train.batch_size={batch}", f"train.lr={lr}",
+                            f"train.lr_batch_scaling={scaling}",
                             f"seed={seed}", f"train.total_sequences={batch_study.BUDGETS[task]}")
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(config, folder / ".hydra" / "config.yaml")
@@ -69,7 +71,8 @@ def study(tmp_path_factory) -> tuple[Path, list[Path], str]:
                   activity=(0.1, 0.5) if seed == 0 else None)
     write_run(runs / "b4" / "ntm_lstm_lr0.0001_seed0", "copy", "ntm_lstm", 4, 0.0001, 0, [EARLY, EARLY, 20.0, 20.0],
               end=35_000)
-    write_run(runs / "b16" / "ntm_ff_lr0.0016_seed0", "copy", "ntm_ff", 16, 0.0016, 0, [5.0] * 6)
+    # the table's rate scaled by the batch (train.lr_batch_scaling=linear): the step's rate is 0.0016, lr x B
+    write_run(runs / "b16" / "ntm_ff_lr0.0016_seed0", "copy", "ntm_ff", 16, 0.0001, 0, [5.0] * 6, scaling="linear")
     empty = runs / "b4" / "ntm_ff_lr0.0001_seed0"
     (empty / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config("task=copy", "model=ntm_ff", "train.batch_size=4"), empty / ".hydra" / "config.yaml")
@@ -219,7 +222,7 @@ def test_the_dry_run_prints_one_sweep_per_task_and_batch_size(tmp_path):
     assert len(commands) == 1 and len(lines) == 2
     words = commands[0].split()
     for word in ("-m", "task=copy", "model=ntm_ff,ntm_lstm", "train.batch_size=4", "train.lr=0.0001,0.0002,0.0004",
-                 "seed=0", "train.total_sequences=60000", "resume=true",
+                 "train.lr_batch_scaling=none", "seed=0", "train.total_sequences=60000", "resume=true",
                  f"hydra.sweep.dir={tmp_path / 'study' / 'runs' / 'copy' / 'b4'}"):
         assert word in words
     assert not (tmp_path / "study").exists()  # a dry run writes nothing

@@ -57,7 +57,8 @@ def test_a_sweep_stopped_by_bad_input_before_any_job_exits_2_not_1(workdir):
 @pytest.mark.slow
 def test_train_from_the_shell_logs_to_tensorboard_and_checkpoints(workdir):
     with_progress = [a for a in TINY if not a.startswith("progress")]
-    result = run_cli(["task=copy", "model=ntm_lstm", "train.total_sequences=256", *with_progress], cwd=workdir)
+    result = run_cli(["task=copy", "model=ntm_lstm", "train.total_sequences=256", "train.lr_batch_scaling=sqrt",
+                      *with_progress], cwd=workdir)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(workdir / "outputs")
     assert run_dir.parent == workdir / "outputs" / "copy" / "ntm_lstm"  # outputs/<task>/<model>/<time>
@@ -68,7 +69,9 @@ def test_train_from_the_shell_logs_to_tensorboard_and_checkpoints(workdir):
     assert [step for step, _ in cost] == list(range(32, 257, 32))  # x axis: sequences seen
     assert all(math.isfinite(v) and 0 < v < 300 for _, v in cost)
     assert len(scalars(run_dir, "train/grad_norm")) == 8
-    assert scalars(run_dir, "train/lr")[0][1] == pytest.approx(1e-4)
+    # the step's rate: the table's 1e-4 times sqrt(8) for a batch of 8 (train.lr keeps the table's value)
+    assert scalars(run_dir, "train/lr")[0][1] == pytest.approx(1e-4 * 8 ** 0.5)
+    assert "learning rate 0.000282843: train.lr=0.0001 scaled by the square root of the batch" in result.stdout
 
     acc = EventAccumulator(str(run_dir))
     acc.Reload()

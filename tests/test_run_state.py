@@ -18,6 +18,16 @@ def test_hparams_are_flat_scalars():
     assert OmegaConf.is_config(compose_config()) is True
 
 
+@pytest.mark.parametrize("scaling, factor", [("none", 1.0), ("sqrt", 4.0), ("linear", 16.0)])
+def test_a_step_uses_the_tables_rate_scaled_for_the_batch(scaling, factor):
+    cfg = compose_config("task=copy", "model=ntm_ff", "train.batch_size=16", f"train.lr_batch_scaling={scaling}")
+    assert cfg.train.lr == 1e-4  # the table's rate, unchanged in the config
+    _, _, optimizer, _ = build_run(cfg, torch.device("cpu"))
+    assert [g["lr"] for g in optimizer.param_groups] == [pytest.approx(1e-4 * factor)]
+    one = compose_config("task=copy", "model=ntm_ff", "train.batch_size=1", f"train.lr_batch_scaling={scaling}")
+    assert build_run(one, torch.device("cpu")).optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
 def test_the_logging_window_weighs_each_sequence_once_and_starts_again():
     window = LoggingWindow()
     window.add(torch.tensor([1.0, 3.0, 5.0]), torch.tensor(2.0))

@@ -23,6 +23,7 @@ from ntm_experiments.validation import validate
     ("device=tpu", "device=tpu"),
     ("train.max_restores=-1", "train.max_restores=-1"),
     ("model.shift_range=64", "must be in [0, 64)"),
+    ("train.lr_batch_scaling=cube", "train.lr_batch_scaling=cube: must be one of none, sqrt, linear"),
 ])
 def test_validate_names_the_bad_value(override, message):
     extra = {"task.min_length=5": ["task.max_length=4"], "model.memory_init_value=0": ["model.memory_init=constant"]}
