@@ -11,7 +11,11 @@ into ``out``:
   curve's curve-level figure and its range over seeds, the landmarks on the median curve and over
   seeds, the fraction of seeds ending below each of the task's STABILITY costs;
 - ``batch_study.png``: per task x model, every setting's median curve over the paper's;
-- ``SUMMARY.md``: a table per task and the best setting per task x model and overall.
+- ``SUMMARY.md``: a table per task and the best setting per task x model and overall (over the NTM cells).
+
+The LSTM baseline's runs (copy only: batch_study.BASELINE_BUDGETS) join their task's table, the CSVs and
+the best settings as rows of their own, against the paper's LSTM curve, and get a panel of the figure
+when there are any; the overall best setting stays the NTMs' alone.
 
 Every comparison with the paper is by the fixed rule of ``ntm_experiments/compare.py``: costs averaged
 into the paper's 10k-sequence windows, the median over seeds per window, a landmark reached at the first
@@ -76,13 +80,13 @@ def lr_factor(task: str, model: str, batch: int, lr: float) -> str:
 
 def landmarks(task: str, model: str) -> list[tuple[float, float]]:
     """The paper's "below" landmarks of a task x model, (bits, k sequences), whose window (compare.py's)
-    lies within the study's budget for the task."""
-    budget = batch_study.BUDGETS[task]
+    lies within the study's budget for the task x model ([] outside the study)."""
+    budget = batch_study.budget(task, model)
     return [(a, b) for kind, a, b in LANDMARKS.get(task, {}).get(model, [])
-            if kind == "below" and window_end(b * 1000) <= budget]
+            if kind == "below" and budget is not None and window_end(b * 1000) <= budget]
 
 
-def _landmark_costs(tasks=batch_study.TASKS, models=batch_study.MODELS) -> list[float]:
+def _landmark_costs(tasks=batch_study.TASKS, models=batch_study.ALL_MODELS) -> list[float]:
     """Every landmark cost (bits) of these tasks x models, ascending: one set of CSV columns each."""
     return sorted({bits for t in tasks for m in models for bits, _ in landmarks(t, m)})
 
@@ -130,8 +134,8 @@ class StudyRun:
 
     @property
     def budget(self) -> int:
-        """The study's sequences for this task."""
-        return batch_study.BUDGETS[self.task]
+        """The study's sequences for this task x model."""
+        return batch_study.budget(self.task, self.model)
 
     @property
     def finished(self) -> bool:
@@ -169,6 +173,9 @@ def read_runs(runs_root: Path, paper: dict) -> list[StudyRun]:
         if task not in batch_study.BUDGETS:
             print(f"batch_study_summary: {folder}: task {task} is not one of the study's, skipped")
             continue
+        if batch_study.budget(task, model) is None:
+            print(f"batch_study_summary: {folder}: model {model} on {task} is not one of the study's, skipped")
+            continue
         points, y_top = paper_curve(paper, task, model)
         binned = bin_curve(run.curve)
         this = StudyRun(folder, task, model, batch, lr, lr_factor(task, model, batch, lr), seed, run.sequences,
@@ -201,8 +208,13 @@ class Cell:
         return [r.seed for r in self.runs]
 
     @property
+    def budget(self) -> int:
+        """The study's sequences for this task x model."""
+        return batch_study.budget(self.task, self.model)
+
+    @property
     def running(self) -> bool:
-        """Whether some seed has not reached the task's budget yet."""
+        """Whether some seed has not reached the task x model's budget yet."""
         return not all(r.finished for r in self.runs)
 
     @property
@@ -224,8 +236,9 @@ def _place(names: tuple, name: str) -> int:
 
 
 def _order(task: str, model: str, batch: int, factor: str, lr: float) -> tuple:
-    """Study order: tasks and models as batch_study lists them, then batch size, factor, rate."""
-    return (_place(batch_study.TASKS, task), _place(batch_study.MODELS, model), task, model, batch,
+    """Study order: tasks and models as batch_study lists them (the NTMs, then the baselines), then batch
+    size, factor, rate."""
+    return (_place(batch_study.TASKS, task), _place(batch_study.ALL_MODELS, model), task, model, batch,
             _place(FACTOR_ORDER, factor), lr)
 
 
@@ -281,7 +294,7 @@ def seed_row(run: StudyRun, root: Path) -> dict[str, str]:
 
 def cell_columns() -> list[str]:
     cols = ["task", "model", "batch", "lr_factor", "lr", "seeds", "seed_list", "seeds_finished", "sequences_min",
-            "median_last_window_end", "curve_figure", "curve_figure_points", "curve_figure_seed_min",
+            "budget", "median_last_window_end", "curve_figure", "curve_figure_points", "curve_figure_seed_min",
             "curve_figure_seed_max"]
     for bits in LANDMARK_COSTS:
         cols += [f"{_col(bits)}_{key}" for key in ("paper_k", "median_status", "median_at", "median_first_below",
@@ -299,7 +312,7 @@ def cell_row(cell: Cell) -> dict[str, str]:
     row = {"task": cell.task, "model": cell.model, "batch": str(cell.batch), "lr_factor": cell.factor,
            "lr": f"{cell.lr:g}", "seeds": str(len(cell.runs)), "seed_list": " ".join(map(str, cell.seeds)),
            "seeds_finished": str(sum(r.finished for r in cell.runs)),
-           "sequences_min": str(min(r.sequences for r in cell.runs)),
+           "sequences_min": str(min(r.sequences for r in cell.runs)), "budget": str(cell.budget),
            "median_last_window_end": str(comp.median.last_end or ""), "curve_figure": _fmt(comp.distance.value),
            "curve_figure_points": f"{comp.distance.used}/{comp.distance.total}",
            "curve_figure_seed_min": _fmt(min(seed_values, default=None)),
@@ -356,20 +369,29 @@ def _steps(binned: Binned) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs), np.array(ys)
 
 
+def _models_shown(cells: list[Cell]) -> tuple[str, ...]:
+    """The NTMs, then each baseline that has runs."""
+    return batch_study.MODELS + tuple(m for m in batch_study.BASELINES if any(c.model == m for c in cells))
+
+
 def study_figure(cells: list[Cell], paper: dict):
-    """Rows: the study's tasks; columns: its models. Every setting's median binned curve (a colour per
-    batch size, a line style per learning-rate factor) over the paper's curve (black, dashed)."""
+    """Rows: the study's tasks; columns: its models (a baseline's only when it has runs, its panels only
+    on its tasks). Every setting's median binned curve (a colour per batch size, a line style per
+    learning-rate factor) over the paper's curve (black, dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, models = batch_study.TASKS, batch_study.MODELS
+    tasks, models = batch_study.TASKS, _models_shown(cells)
     fig, axes = plt.subplots(len(tasks), len(models), figsize=(6 * len(models), 3.6 * len(tasks)), squeeze=False,
                              constrained_layout=True)
     for i, task in enumerate(tasks):
-        budget_k = batch_study.BUDGETS[task] / 1000
         for j, model in enumerate(models):
             ax = axes[i][j]
+            if batch_study.budget(task, model) is None:  # a baseline's task x model outside the study
+                ax.remove()
+                continue
+            budget_k = batch_study.budget(task, model) / 1000
             top = 100.0  # bits: the y axis shows at least 0 to 100
             mine = [c for c in cells if c.task == task and c.model == model]
             for cell in mine:
@@ -449,8 +471,39 @@ def _running(cell: Cell) -> str:
     return " (running)" if cell.running else ""
 
 
-def summary_markdown(cells: list[Cell], n_runs: int) -> str:
+def _budgets_text(task: str, models: tuple[str, ...]) -> str:
+    """The budget of a task's table: "60k sequences", or per model when they differ."""
+    by_budget: dict[int, list[str]] = {}
+    for model in models:
+        by_budget.setdefault(batch_study.budget(task, model), []).append(MODEL_LABELS.get(model, model))
+    if len(by_budget) == 1:
+        return f"{next(iter(by_budget)) // 1000:g}k sequences"
+    return "; ".join(f"{', '.join(labels)}: {b // 1000:g}k sequences" for b, labels in by_budget.items())
+
+
+def _baseline_note(task: str, model: str, paper: dict) -> str:
+    """What the paper gives a baseline's rows of a task's table: its curve, and its landmarks (report.py)
+    when none is a "below" one within the budget (the table then has no landmark column for it)."""
+    label = MODEL_LABELS.get(model, model)
+    points, y_top = paper_curve(paper, task, model)
+    shown = on_axes(points, y_top)
+    text = (f"{label}: against the paper's {label} curve (Fig {_figure(task).number}), on its axes from "
+            f"{_k(shown[0][0] * 1000)} ({shown[0][1]:g} bits)" if shown else f"{label}: the paper has no curve")
+    ks = sorted({b if kind == "below" else a for kind, a, b in LANDMARKS.get(task, {}).get(model, [])
+                 if kind in ("below", "at")})  # k sequences
+    budget = batch_study.budget(task, model)
+    if ks and not landmarks(task, model):
+        where = ("lie beyond the" if all(window_end(x * 1000) > budget for x in ks)
+                 else "are none of them a \"below\" one within the")
+        text += f"; its landmarks ({', '.join(f'{x:g}k' for x in ks)}) {where} {budget // 1000:g}k budget"
+    return text + "."
+
+
+def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None) -> str:
     """SUMMARY.md: the command, the rule, a table per task and the best settings."""
+    paper = load_paper_curves() if paper is None else paper
+    models = _models_shown(cells)
+    baselines = models[len(batch_study.MODELS):]
     md = ["# Batch-size study: summary", "",
           "Built by `python scripts/batch_study.py summarise` from the runs under `runs/` "
           f"({n_runs} run{'s' if n_runs != 1 else ''}, {len(cells)} cells); per run: `seeds.csv`, per cell: "
@@ -460,7 +513,9 @@ def summary_markdown(cells: list[Cell], n_runs: int) -> str:
           "(on its axes, inside our windows) of |log2((ours + 1) / (paper + 1))| (0: identical; 1: a factor of "
           "two in cost + 1 bit), given for the median curve with its range over the seeds' own figures; a "
           "landmark cost is reached at the first window from which the curve stays below it. Budgets: "
-          + ", ".join(f"{t} {b // 1000:g}k sequences" for t, b in batch_study.BUDGETS.items()) + ". Settings: "
+          + ", ".join(f"{t} {b // 1000:g}k sequences" for t, b in batch_study.BUDGETS.items())
+          + "".join(f", {t} {MODEL_LABELS.get(m, m)} {b // 1000:g}k sequences"
+                    for (t, m), b in batch_study.BASELINE_BUDGETS.items() if m in baselines) + ". Settings: "
           "B = sequences per update; lr = the table's rate x 1, sqrt(B) or B. Stable: seeds whose last covered "
           "window is below the cost. \"(running)\": some seed has not reached the budget yet.", "",
           "![batch study](batch_study.png)", ""]
@@ -470,11 +525,12 @@ def summary_markdown(cells: list[Cell], n_runs: int) -> str:
         mine = [c for c in cells if c.task == task]
         if not mine:
             continue
-        costs = sorted({bits for m in batch_study.MODELS for bits, _ in landmarks(task, m)})
+        here = tuple(m for m in models if batch_study.budget(task, m) is not None)
+        costs = sorted({bits for m in here for bits, _ in landmarks(task, m)})
         heads = []
         for bits in costs:
             paper_k = ", ".join(f"{MODEL_LABELS.get(m, m)} {dict(landmarks(task, m))[bits]:g}k"
-                                for m in batch_study.MODELS if bits in dict(landmarks(task, m)))
+                                for m in here if bits in dict(landmarks(task, m)))
             heads.append(f"below {bits:g} bits (paper: {paper_k}): median curve; seeds reaching it")
         strict, loose = STABILITY[task]
         header = (["model", "setting", "seeds", "curve-level figure: median curve (seeds' range)"] + heads +
@@ -488,12 +544,14 @@ def summary_markdown(cells: list[Cell], n_runs: int) -> str:
                         [f"{cell.stable(strict)}/{n}, {cell.stable(loose)}/{n}",
                          f"{_fmt3(_median(r.clipped for r in cell.runs))} / "
                          f"{_fmt3(_median(r.eps_dominant for r in cell.runs))}"])
-        md += [f"## {task} ({batch_study.BUDGETS[task] // 1000:g}k sequences)", "", _table(header, rows), ""]
+        md += [f"## {task} ({_budgets_text(task, here)})", "", _table(header, rows), ""]
+        notes = [_baseline_note(task, m, paper) for m in here if m in baselines]
+        md += [" ".join(notes), ""] if notes else []
 
     md += ["## Best settings (lowest curve-level figure of the median curve; ties within "
            f"{TIE:g} listed together)", ""]
     for task in batch_study.TASKS:
-        for model in batch_study.MODELS:
+        for model in models:
             best = _best([c for c in cells if c.task == task and c.model == model])
             if best is None:
                 continue
@@ -509,16 +567,16 @@ def _fmt3(value: float | None) -> str:
 
 
 def overall_best(cells: list[Cell]) -> str:
-    """The setting(s) of lowest median, over the task x model cells, of the median curve's figure.
-    Only settings with a figure in the most task x model cells compete (a setting missing cells would
-    be ranked on fewer); ties within TIE listed together."""
+    """The setting(s) of lowest median, over the NTM task x model cells (a baseline's left out), of the
+    median curve's figure. Only settings with a figure in the most such cells compete (a setting missing
+    cells would be ranked on fewer); ties within TIE listed together."""
     by_setting: dict[tuple, list[Cell]] = {}
     for cell in cells:
-        if cell.comparison.distance.value is not None:
+        if cell.model in batch_study.MODELS and cell.comparison.distance.value is not None:
             by_setting.setdefault((cell.batch, cell.factor, cell.lr if cell.factor == "other" else None),
                                   []).append(cell)
     if not by_setting:
-        return "n/a (no cell has a curve-level figure yet)"
+        return "n/a (no NTM cell has a curve-level figure yet)"
     most = max(len(v) for v in by_setting.values())
     medians = {key: float(np.median([c.comparison.distance.value for c in v]))
                for key, v in by_setting.items() if len(v) == most}
@@ -529,7 +587,7 @@ def overall_best(cells: list[Cell]) -> str:
     for key in chosen:
         members = by_setting[key]
         texts.append(f"{setting_label(key[0], key[1], members[0].lr)} (median {medians[key]:.3f} over "
-                     f"{most} of {total} task x model cells){' (running)' if any(c.running for c in members) else ''}")
+                     f"{most} of {total} NTM task x model cells){' (running)' if any(c.running for c in members) else ''}")
     return "; ".join(texts)
 
 
@@ -549,6 +607,6 @@ def summarise(out: Path) -> list[Path]:
         written.append(out / name)
     save_figure(study_figure(cells, paper), out / "batch_study.png")
     written.append(out / "batch_study.png")
-    write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs)))
+    write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs), paper))
     written.append(out / "SUMMARY.md")
     return written

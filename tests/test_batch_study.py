@@ -32,6 +32,9 @@ from batch_study_summary import STABILITY, lr_factor, summarise  # noqa: E402
 # 45.42k and 55.44k fall in the windows ending at 30k-60k; the one at 23.82k is at the axis top (10 bits)
 PAPER_COPY_LSTM = [0.003, 0.003, 0.003, 0.003]
 EARLY = 50.0  # bits per sequence in the first two windows, before the paper's curve is on its axes
+# the paper's LSTM copy curve (Fig 3) in the windows a 100k run covers: its points at 75.48k, 85.5k and
+# 95.52k fall in the windows ending at 80k-100k; the one at 67.7k is at the axis top (10 bits)
+PAPER_COPY_BASELINE = [8.32, 6.823, 5.596]
 
 
 def write_run(folder: Path, task: str, model: str, batch: int, lr: float, seed: int, windows: list[float],
@@ -41,7 +44,7 @@ def write_run(folder: Path, task: str, model: str, batch: int, lr: float, seed: 
     run's train.lr_batch_scaling (its step's rate is ``lr`` scaled by it)."""
     config = compose_config(f"task={task}", f"model={model}", f"train.batch_size={batch}", f"train.lr={lr}",
                             f"train.lr_batch_scaling={scaling}",
-                            f"seed={seed}", f"train.total_sequences={batch_study.BUDGETS[task]}")
+                            f"seed={seed}", f"train.total_sequences={batch_study.budget(task, model)}")
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(config, folder / ".hydra" / "config.yaml")
     writer = SummaryWriter(str(folder))
@@ -56,7 +59,8 @@ def write_run(folder: Path, task: str, model: str, batch: int, lr: float, seed: 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> tuple[Path, list[Path], str]:
     """Copy x NTM-LSTM at B=4: lr x sqrtB (3 seeds, finished), lr x 1 (1 seed, running to 35k); copy x
-    NTM-FF at B=16, lr x B (1 seed); and a folder with a config but no events yet."""
+    NTM-FF at B=16, lr x B (1 seed); a folder with a config but no events yet; and the LSTM baseline on
+    copy at B=16 (100k sequences): lr x 1 on the paper's LSTM curve, lr x B 3 bits at 80k-100k."""
     out = tmp_path_factory.mktemp("batch_study")
     runs = out / "runs" / "copy"
     lstm_sqrt = [  # seed 0: the paper's curve; seed 1: below 0.1 from 30k on; seed 2: below at 30k only
@@ -76,6 +80,9 @@ def study(tmp_path_factory) -> tuple[Path, list[Path], str]:
     empty = runs / "b4" / "ntm_ff_lr0.0001_seed0"
     (empty / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config("task=copy", "model=ntm_ff", "train.batch_size=4"), empty / ".hydra" / "config.yaml")
+    # the baseline: its table rate is 3e-5, so 4.8e-4 at B=16 is lr x B; EARLY to 70k, off the paper's axes
+    write_run(runs / "b16" / "lstm_lr3e-05_seed0", "copy", "lstm", 16, 3e-5, 0, [EARLY] * 7 + PAPER_COPY_BASELINE)
+    write_run(runs / "b16" / "lstm_lr0.00048_seed0", "copy", "lstm", 16, 4.8e-4, 0, [EARLY] * 7 + [3.0] * 3)
 
     printed = io.StringIO()
     with redirect_stdout(printed):
@@ -101,6 +108,9 @@ def test_the_fake_curve_is_the_papers():
     points = [(x, c) for x, c in load_paper_curves()[("fig3_copy", "NTM-LSTM")] if x <= 60]
     assert [c for x, c in points if c < 10] == PAPER_COPY_LSTM
     assert [math.ceil(x / 10) * 10 for x, c in points if c < 10] == [30, 40, 50, 60]
+    baseline = [(x, c) for x, c in load_paper_curves()[("fig3_copy", "LSTM")] if x <= 100]
+    assert [c for x, c in baseline if c < 10] == PAPER_COPY_BASELINE
+    assert [math.ceil(x / 10) * 10 for x, c in baseline if c < 10] == [80, 90, 100]
 
 
 def test_summarise_writes_its_four_files_and_warns_of_a_run_without_events(study):
@@ -129,15 +139,16 @@ def test_the_csvs_have_their_columns(study):
                    "below_0.1_seeds_at_max", "stable_strict_bits", "stable_strict_fraction", "stable_loose_bits",
                    "stable_loose_fraction", "clipped_fraction_median", "eps_dominant_fraction_median"):
         assert column in cells_header
-    assert len(read_csv(out / "seeds.csv")) == 5  # the folder without events is not a run
-    assert len(read_csv(out / "cells.csv")) == 3
+    assert len(read_csv(out / "seeds.csv")) == 7  # the folder without events is not a run
+    assert len(read_csv(out / "cells.csv")) == 5
 
 
 def test_settings_come_from_the_config_and_the_learning_rate_names_its_factor(study):
     out, _, _ = study
     rows = seed_rows(out)
     assert set(rows) == {("ntm_lstm", "4", "sqrtB", "0"), ("ntm_lstm", "4", "sqrtB", "1"),
-                         ("ntm_lstm", "4", "sqrtB", "2"), ("ntm_lstm", "4", "1", "0"), ("ntm_ff", "16", "B", "0")}
+                         ("ntm_lstm", "4", "sqrtB", "2"), ("ntm_lstm", "4", "1", "0"), ("ntm_ff", "16", "B", "0"),
+                         ("lstm", "16", "1", "0"), ("lstm", "16", "B", "0")}
     assert rows[("ntm_lstm", "4", "sqrtB", "1")]["path"] == str(Path("runs/copy/b4/some_other_name"))
     assert float(rows[("ntm_lstm", "4", "sqrtB", "0")]["lr"]) == pytest.approx(2e-4)
     # the table's rate is 1e-4: 2e-4 at B=4 is sqrt(4) times it; within 1 %, else "other"
@@ -202,7 +213,7 @@ def test_summary_names_the_best_setting_and_marks_running_cells(study):
     best = text.split("## Best settings")[1]
     assert "- copy, NTM-LSTM: B=4, lr x sqrtB (0.066)" in best
     assert "- copy, NTM-FF: B=16, lr x B" in best
-    assert "- overall: B=4, lr x sqrtB (median 0.066" in best
+    assert "- overall: B=4, lr x sqrtB (median 0.066 over 1 of 6 NTM task x model cells)" in best
     table = text.split("## copy")[1].split("\n## ")[0]
     running = next(line for line in table.splitlines() if "B=4, lr x 1 " in line)
     assert "(running)" in running
@@ -226,3 +237,62 @@ def test_the_dry_run_prints_one_sweep_per_task_and_batch_size(tmp_path):
                  f"hydra.sweep.dir={tmp_path / 'study' / 'runs' / 'copy' / 'b4'}"):
         assert word in words
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+def test_the_lstm_baseline_has_its_own_rows_budget_and_paper_curve(study):
+    out, _, _ = study
+    cells = cell_rows(out)
+    ntm = cells[("ntm_lstm", "4", "sqrtB")]
+    assert (ntm["budget"], ntm["lr"]) == ("60000", "0.0002")  # the NTMs' rows as they were
+    paper, scaled = cells[("lstm", "16", "1")], cells[("lstm", "16", "B")]
+    assert batch_study.table_lr("copy", "lstm") == pytest.approx(3e-5)
+    assert (paper["task"], paper["lr"], paper["budget"], paper["seeds_finished"]) == ("copy", "3e-05", "100000", "1")
+    assert (scaled["lr"], scaled["budget"], scaled["median_last_window_end"]) == ("0.00048", "100000", "100000")
+    # against the paper's LSTM curve: its three points on the axes within 100k
+    assert float(paper["curve_figure"]) == pytest.approx(0, abs=1e-6) and paper["curve_figure_points"].startswith("3/")
+    # 3 bits against 8.32, 6.823 and 5.596: the median of |log2(4 / (paper + 1))| is the middle point's
+    assert float(scaled["curve_figure"]) == pytest.approx(math.log2(7.823 / 4), rel=1e-4)
+    # the paper's LSTM copy landmarks (200k and later) lie beyond 100k: no landmark of its own
+    assert paper["below_0.1_paper_k"] == paper["below_0.1_median_status"] == ""
+    seed = seed_rows(out)[("lstm", "16", "1", "0")]
+    assert (seed["budget"], seed["sequences"], seed["finished"]) == ("100000", "100000", "true")
+
+
+def test_the_summary_shows_the_baseline_beside_the_ntm_cells(study):
+    out, _, _ = study
+    text = (out / "SUMMARY.md").read_text()
+    assert "copy LSTM 100k sequences" in text.split("\n\n")[1]  # the budgets in the preamble
+    table = text.split("## copy")[1].split("\n## ")[0]
+    assert table.startswith(" (NTM-FF, NTM-LSTM: 60k sequences; LSTM: 100k sequences)\n")
+    row = next(line for line in table.splitlines() if line.startswith("| LSTM | B=16, lr x 1 "))
+    assert "(3e-05)" in row and "0.000 (0.000-0.000)" in row and "(running)" not in row
+    assert "LSTM: against the paper's LSTM curve (Fig 3), on its axes from 75.48k (8.32 bits)" in table
+    best = text.split("## Best settings")[1]
+    assert "- copy, LSTM: B=16, lr x 1 (0.000)" in best
+    # the overall line is the NTM cells' alone: the baseline's figure 0 would have won it
+    assert "- overall: B=4, lr x sqrtB (median 0.066 over 1 of 6 NTM task x model cells)" in best
+
+
+def test_the_dry_run_of_the_baseline_sweeps_it_alone_at_its_budget(tmp_path):
+    env = {**os.environ, "NTM_BATCH_STUDY_DIR": str(tmp_path / "study")}
+    result = subprocess.run([sys.executable, str(SCRIPTS / "batch_study.py"), "run", "--dry-run", "--models", "lstm",
+                             "--tasks", "copy", "--batches", "16", "--seeds", "0"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "3 runs to train or finish" and len(lines) == 2  # 3 factors x 1 seed, one sweep
+    words = lines[1].split()
+    for word in ("task=copy", "model=lstm", "train.batch_size=16", "train.lr=3e-05,0.00012,0.00048",
+                 "train.total_sequences=100000", "eval.every=100000", "seed=0"):
+        assert word in words
+    assert not (tmp_path / "study").exists()
+
+
+def test_the_baseline_is_studied_on_copy_only_and_not_in_one_sweep_with_the_ntms():
+    assert batch_study.budget("copy", "lstm") == 100_000 and batch_study.budget("copy", "ntm_ff") == 60_000
+    assert batch_study.budget("repeat_copy", "lstm") is None
+    assert [c[:2] for c in batch_study.cells(batch_study.TASKS, ["lstm"], [1], [0])] == [("copy", "lstm")]
+    with pytest.raises(SystemExit, match="different table learning rates"):
+        batch_study.run_commands([("copy", "ntm_lstm", 1, "1", 0), ("copy", "lstm", 1, "1", 0)], "joblib")
+    with pytest.raises(SystemExit, match="lstm is studied on copy only"):
+        batch_study.main(["run", "--dry-run", "--models", "lstm", "--tasks", "repeat_copy"])
