@@ -1,8 +1,9 @@
 """The batch-size study's summary: what ``python scripts/batch_study.py summarise`` writes.
 
-``summarise(out)`` reads every run under ``out / "runs"`` (scripts/batch_study.py's layout; each run's
-task, model, batch size, learning rate and seed taken from its own ``.hydra/config.yaml``) and writes
-into ``out``:
+``summarise(out)`` records every run under ``out / "runs"`` (scripts/batch_study.py's layout, git-ignored;
+each run's task, model, batch size, learning rate and seed taken from its own ``.hydra/config.yaml``) in
+``out / "records"`` (committed: a JSON file per run with its setting, logged training curve and mean
+clip and epsilon fractions), then reads the records back and writes into ``out``:
 
 - ``seeds.csv``: a row per run: its setting, sequences reached, last covered window's cost, its own
   curve-level figure, sequences to each of the paper's "below" landmarks, and the mean fractions of
@@ -11,7 +12,9 @@ into ``out``:
   curve's curve-level figure and its range over seeds, the landmarks on the median curve and over
   seeds, the fraction of seeds ending below each of the task's STABILITY costs;
 - ``batch_study.png``: per task x model, every setting's median curve over the paper's;
-- ``SUMMARY.md``: a table per task and the best setting per task x model and overall (over the NTM cells).
+- ``SUMMARY.md``: a table per task and the best setting per task x model and overall (over the NTM cells;
+  cells of an earlier summary under ``out / "archive"`` whose runs were lost before records were kept
+  count there, marked, until re-run).
 
 The LSTM baseline's runs (copy only: batch_study.BASELINE_BUDGETS) join their task's table, the CSVs and
 the best settings as rows of their own, against the paper's LSTM curve, and get a panel of the figure
@@ -28,6 +31,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -152,10 +156,16 @@ class StudyRun:
         return (self.batch, self.factor, float(f"{self.lr:.6g}") if self.factor == "other" else None)
 
 
-def read_runs(runs_root: Path, paper: dict) -> list[StudyRun]:
-    """Every run folder under ``runs_root`` with events, a run per task x model x setting x seed (of two
-    folders of the same, the one with more sequences); each other folder skipped with a warning."""
-    found: dict[tuple, StudyRun] = {}
+def record_name(task: str, model: str, batch: int, lr: float, seed: int) -> str:
+    """A run's record file, relative to the records folder: one per task x model x batch x rate x seed."""
+    return f"{task}/b{batch}/{model}_lr{float(f'{lr:.6g}'):g}_seed{seed}.json"
+
+
+def live_records(runs_root: Path, out: Path) -> list[dict]:
+    """A record (RECORD_KEYS) of every run folder under ``runs_root`` with events; each other folder
+    skipped with a warning. A record holds all the summary reads of a run: its setting, its logged
+    training curve and its mean clip and epsilon fractions."""
+    records = []
     for config_path in sorted(runs_root.rglob(".hydra/config.yaml")) if runs_root.is_dir() else []:
         folder = config_path.parent.parent
         if not any(folder.glob("events.out.tfevents.*")):
@@ -176,11 +186,51 @@ def read_runs(runs_root: Path, paper: dict) -> list[StudyRun]:
         if batch_study.budget(task, model) is None:
             print(f"batch_study_summary: {folder}: model {model} on {task} is not one of the study's, skipped")
             continue
+        records.append({"task": task, "model": model, "batch": batch, "lr": lr, "seed": seed,
+                        "sequences": int(run.sequences), "path": _relative(folder, out),
+                        "curve": [[int(x), float(y)] for x, y in run.curve],
+                        "clipped": _mean(run.scalars.get(CLIPPED_TAG)),
+                        "eps_dominant": _mean(run.scalars.get(EPS_DOMINANT_TAG))})
+    return records
+
+
+def keep_records(records: list[dict], folder: Path) -> None:
+    """Write each live run's record into ``folder`` (committed), replacing one of fewer or as many
+    sequences, so the summary survives the runs' folders (git-ignored, and gone with the machine)."""
+    for record in records:
+        path = folder / record_name(record["task"], record["model"], record["batch"], record["lr"], record["seed"])
+        if path.exists():
+            try:
+                if json.loads(path.read_text())["sequences"] > record["sequences"]:
+                    print(f"batch_study_summary: {record['path']}: its record has more sequences, kept")
+                    continue
+            except (ValueError, KeyError):
+                pass  # a damaged record: the live run replaces it
+        write_atomic(path, json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def read_records(folder: Path, out: Path, paper: dict) -> list[StudyRun]:
+    """Every run recorded under ``folder``, a run per task x model x setting x seed (of two records of
+    the same, the one with more sequences); a record of a task x model outside the study, or unreadable,
+    skipped with a warning."""
+    found: dict[tuple, StudyRun] = {}
+    for path in sorted(folder.rglob("*.json")) if folder.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+            task, model, batch, lr, seed = (str(rec["task"]), str(rec["model"]), int(rec["batch"]),
+                                            float(rec["lr"]), int(rec["seed"]))
+            curve = [(int(x), float(y)) for x, y in rec["curve"]]
+            sequences, run_path = int(rec["sequences"]), out / str(rec["path"])
+        except (ValueError, KeyError, TypeError) as error:
+            print(f"batch_study_summary: {path}: not a run record ({type(error).__name__}: {error}), skipped")
+            continue
+        if batch_study.budget(task, model) is None:
+            print(f"batch_study_summary: {path}: {model} on {task} is not one of the study's, skipped")
+            continue
         points, y_top = paper_curve(paper, task, model)
-        binned = bin_curve(run.curve)
-        this = StudyRun(folder, task, model, batch, lr, lr_factor(task, model, batch, lr), seed, run.sequences,
-                        binned, run.curve, distance(binned, points, y_top), _mean(run.scalars.get(CLIPPED_TAG)),
-                        _mean(run.scalars.get(EPS_DOMINANT_TAG)))
+        binned = bin_curve(curve)
+        this = StudyRun(run_path, task, model, batch, lr, lr_factor(task, model, batch, lr), seed, sequences,
+                        binned, curve, distance(binned, points, y_top), rec.get("clipped"), rec.get("eps_dominant"))
         key = (task, model, this.setting, seed)
         if key in found:
             kept, other = sorted([found[key], this], key=lambda r: (r.sequences, str(r.path)), reverse=True)
@@ -499,14 +549,17 @@ def _baseline_note(task: str, model: str, paper: dict) -> str:
     return text + "."
 
 
-def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None) -> str:
+def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None,
+                     archived: list[ArchivedCell] = ()) -> str:
     """SUMMARY.md: the command, the rule, a table per task and the best settings."""
     paper = load_paper_curves() if paper is None else paper
     models = _models_shown(cells)
     baselines = models[len(batch_study.MODELS):]
     md = ["# Batch-size study: summary", "",
-          "Built by `python scripts/batch_study.py summarise` from the runs under `runs/` "
-          f"({n_runs} run{'s' if n_runs != 1 else ''}, {len(cells)} cells); per run: `seeds.csv`, per cell: "
+          "Built by `python scripts/batch_study.py summarise` from the run records under `records/` "
+          f"({n_runs} run{'s' if n_runs != 1 else ''}, {len(cells)} cells; a record per run: its setting, logged "
+          "training curve and mean clip and epsilon fractions, written from its folder under `runs/`, which "
+          "stays local); per run: `seeds.csv`, per cell: "
           "`cells.csv`. Comparison with the paper by the fixed rule of `ntm_experiments/compare.py`: each "
           f"seed's training cost averaged over the paper's {WINDOW // 1000:g}k-sequence windows (whole windows "
           "only), the median over seeds per window; the curve-level figure is the median over the paper's points "
@@ -548,6 +601,7 @@ def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None) 
         notes = [_baseline_note(task, m, paper) for m in here if m in baselines]
         md += [" ".join(notes), ""] if notes else []
 
+    md += archive_markdown(list(archived))
     md += ["## Best settings (lowest curve-level figure of the median curve; ties within "
            f"{TIE:g} listed together)", ""]
     for task in batch_study.TASKS:
@@ -558,7 +612,7 @@ def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None) 
             chosen, _ = best
             md.append(f"- {task}, {MODEL_LABELS.get(model, model)}: " + "; ".join(
                 f"{c.label} ({c.comparison.distance.value:.3f}){_running(c)}" for c in chosen))
-    md.append(f"- overall: {overall_best(cells)}")
+    md.append(f"- overall: {overall_best(cells, archived)}")
     return "\n".join(md) + "\n"
 
 
@@ -566,38 +620,96 @@ def _fmt3(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
-def overall_best(cells: list[Cell]) -> str:
+@dataclass
+class ArchivedCell:
+    """A cell of an earlier summary (``archive/<name>/cells.csv``) whose runs were lost before their
+    records were kept: its figure stands, marked, until the cell is re-run."""
+    task: str
+    model: str
+    batch: int
+    factor: str
+    lr: float
+    seeds: str             # the seed list, e.g. "0 1 2"
+    running: bool          # some seed had not reached the budget
+    figure: float | None   # the curve-level figure of the median curve
+    source: str            # the archive's folder name
+
+
+def read_archive(folder: Path, cells: list[Cell]) -> list[ArchivedCell]:
+    """The archived NTM cells under ``folder`` (``<name>/cells.csv``, the newest name first) that no
+    recorded cell replaces, in study order."""
+    have = {(c.task, c.model, c.batch, c.factor) for c in cells}
+    found: dict[tuple, ArchivedCell] = {}
+    for path in sorted(folder.glob("*/cells.csv"), reverse=True) if folder.is_dir() else []:
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                key = (row["task"], row["model"], int(row["batch"]), row["lr_factor"])
+                if key in have or key in found or row["model"] not in batch_study.MODELS:
+                    continue
+                found[key] = ArchivedCell(*key, float(row["lr"]), row["seed_list"],
+                                          row["seeds_finished"] != row["seeds"],
+                                          float(row["curve_figure"]) if row["curve_figure"] else None,
+                                          path.parent.name)
+    return sorted(found.values(), key=lambda c: _order(c.task, c.model, c.batch, c.factor, c.lr))
+
+
+def archive_markdown(archived: list[ArchivedCell]) -> list[str]:
+    """SUMMARY.md's section on the archived cells (none: no section)."""
+    if not archived:
+        return []
+    rows = [[c.task, MODEL_LABELS.get(c.model, c.model), f"{setting_label(c.batch, c.factor, c.lr)} ({c.lr:g})",
+             c.seeds + (" (running)" if c.running else ""), _fmt3(c.figure), f"archive/{c.source}/"]
+            for c in archived]
+    return ["## Archived cells (runs lost before their records were kept; not re-run yet)", "",
+            "Measured with the same code and rule; their curves are not in `records/`, so they are not in the "
+            "tables or the figure above, only in the overall line below, marked.", "",
+            _table(["task", "model", "setting", "seeds", "curve-level figure (median curve)", "from"], rows), ""]
+
+
+def overall_best(cells: list[Cell], archived: list[ArchivedCell] = ()) -> str:
     """The setting(s) of lowest median, over the NTM task x model cells (a baseline's left out), of the
-    median curve's figure. Only settings with a figure in the most such cells compete (a setting missing
-    cells would be ranked on fewer); ties within TIE listed together."""
-    by_setting: dict[tuple, list[Cell]] = {}
+    median curve's figure; an archived cell counts where no recorded cell of its task x model x setting
+    is. Only settings with a figure in the most such cells compete (a setting missing cells would be
+    ranked on fewer); ties within TIE listed together."""
+    by_setting: dict[tuple, list[tuple[float, bool, bool]]] = {}  # (figure, running, archived) per cell
+    labels: dict[tuple, str] = {}
     for cell in cells:
         if cell.model in batch_study.MODELS and cell.comparison.distance.value is not None:
-            by_setting.setdefault((cell.batch, cell.factor, cell.lr if cell.factor == "other" else None),
-                                  []).append(cell)
+            key = (cell.batch, cell.factor, cell.lr if cell.factor == "other" else None)
+            by_setting.setdefault(key, []).append((cell.comparison.distance.value, cell.running, False))
+            labels[key] = setting_label(cell.batch, cell.factor, cell.lr)
+    for cell in archived:
+        if cell.figure is not None:
+            key = (cell.batch, cell.factor, cell.lr if cell.factor == "other" else None)
+            by_setting.setdefault(key, []).append((cell.figure, cell.running, True))
+            labels[key] = setting_label(cell.batch, cell.factor, cell.lr)
     if not by_setting:
         return "n/a (no NTM cell has a curve-level figure yet)"
     most = max(len(v) for v in by_setting.values())
-    medians = {key: float(np.median([c.comparison.distance.value for c in v]))
-               for key, v in by_setting.items() if len(v) == most}
+    medians = {key: float(np.median([f for f, _, _ in v])) for key, v in by_setting.items() if len(v) == most}
     low = min(medians.values())
     chosen = sorted((key for key, m in medians.items() if m <= low + TIE), key=lambda k: medians[k])
     total = len(batch_study.TASKS) * len(batch_study.MODELS)
     texts = []
     for key in chosen:
         members = by_setting[key]
-        texts.append(f"{setting_label(key[0], key[1], members[0].lr)} (median {medians[key]:.3f} over "
-                     f"{most} of {total} NTM task x model cells){' (running)' if any(c.running for c in members) else ''}")
+        old = sum(a for _, _, a in members)
+        texts.append(f"{labels[key]} (median {medians[key]:.3f} over {most} of {total} NTM task x model cells"
+                     f"{f', {old} of them archived' if old else ''})"
+                     f"{' (running)' if any(r for _, r, _ in members) else ''}")
     return "; ".join(texts)
 
 
 # ---------------------------------------------------------------- entry point
 def summarise(out: Path) -> list[Path]:
-    """Read the runs under ``out / "runs"`` and write seeds.csv, cells.csv, batch_study.png and SUMMARY.md
-    into ``out`` (each atomically); return the paths written."""
+    """Record every run under ``out / "runs"`` in ``out / "records"`` (keep_records), then read the
+    records back and write seeds.csv, cells.csv, batch_study.png and SUMMARY.md into ``out`` (each
+    atomically); return the paths written. The summary is the records' alone: a fresh clone, with no
+    runs, writes the same files."""
     out = Path(out)
     paper = load_paper_curves()
-    runs = read_runs(out / "runs", paper)
+    keep_records(live_records(out / "runs", out), out / "records")
+    runs = read_records(out / "records", out, paper)
     cells = make_cells(runs, paper)
     seed_rows = [seed_row(r, out) for c in cells for r in c.runs]
     written = []
@@ -607,6 +719,6 @@ def summarise(out: Path) -> list[Path]:
         written.append(out / name)
     save_figure(study_figure(cells, paper), out / "batch_study.png")
     written.append(out / "batch_study.png")
-    write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs), paper))
+    write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs), paper, read_archive(out / "archive", cells)))
     written.append(out / "SUMMARY.md")
     return written

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -296,3 +298,68 @@ def test_the_baseline_is_studied_on_copy_only_and_not_in_one_sweep_with_the_ntms
         batch_study.run_commands([("copy", "ntm_lstm", 1, "1", 0), ("copy", "lstm", 1, "1", 0)], "joblib")
     with pytest.raises(SystemExit, match="lstm is studied on copy only"):
         batch_study.main(["run", "--dry-run", "--models", "lstm", "--tasks", "repeat_copy"])
+
+
+def test_every_run_is_recorded_and_the_records_alone_rebuild_the_summary(study, tmp_path):
+    """The run folders are git-ignored and go with the machine: a copy of the study without them (what
+    a fresh clone has) writes the same CSVs and SUMMARY.md from the committed records."""
+    out, _, _ = study
+    records = sorted((out / "records").rglob("*.json"))
+    assert len(records) == len(read_csv(out / "seeds.csv")) == 7  # the folder without events has none
+    record = json.loads((out / "records" / "copy" / "b16" / "ntm_ff_lr0.0016_seed0.json").read_text())
+    assert (record["model"], record["batch"], record["lr"], record["seed"]) == ("ntm_ff", 16, 0.0016, 0)
+    assert record["path"] == str(Path("runs/copy/b16/ntm_ff_lr0.0016_seed0")) and record["sequences"] == 60_000
+    assert len(record["curve"]) == 60 and record["curve"][0] == [1000, 5.0]
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs"))
+    with redirect_stdout(io.StringIO()) as printed:
+        summarise(clone)
+    assert printed.getvalue() == ""
+    for name in ("seeds.csv", "cells.csv", "SUMMARY.md"):
+        assert (clone / name).read_text() == (out / name).read_text(), name
+
+
+def test_a_record_with_more_sequences_is_not_replaced_by_a_shorter_run(study, tmp_path):
+    """A run started afresh in a later session (its folder lost) must not shrink what the record holds
+    until it has caught up."""
+    out, _, _ = study
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone)
+    name = clone / "records" / "copy" / "b4" / "ntm_lstm_lr0.0001_seed0.json"
+    longer = json.loads(name.read_text())
+    longer["curve"] += [[x, 20.0] for x in range(36_000, 61_000, 1000)]
+    longer["sequences"] = 60_000
+    name.write_text(json.dumps(longer))
+    with redirect_stdout(io.StringIO()) as printed:
+        summarise(clone)
+    assert "its record has more sequences, kept" in printed.getvalue()
+    assert json.loads(name.read_text())["sequences"] == 60_000
+    row = seed_rows(clone)[("ntm_lstm", "4", "1", "0")]
+    assert (row["sequences"], row["finished"]) == ("60000", "true")
+
+
+def test_archived_cells_count_in_the_overall_line_until_re_run(study, tmp_path):
+    """An earlier summary's cells.csv under archive/: a cell no record covers joins the overall line,
+    marked; one a record covers is replaced by it."""
+    out, _, _ = study
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone)
+    archive = clone / "archive" / "2026-12-03"
+    archive.mkdir(parents=True)
+    columns = ["task", "model", "batch", "lr_factor", "lr", "seeds", "seed_list", "seeds_finished", "curve_figure"]
+    rows = [["repeat_copy", "ntm_lstm", "4", "sqrtB", "0.0002", "3", "0 1 2", "3", "0.01"],  # no record: counts
+            ["copy", "ntm_lstm", "4", "sqrtB", "0.0002", "3", "0 1 2", "3", "9.5"],          # recorded: replaced
+            ["repeat_copy", "ntm_ff", "16", "1", "0.0001", "3", "0 1 2", "2", "3.0"]]         # another setting
+    archive.joinpath("cells.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    with redirect_stdout(io.StringIO()):
+        summarise(clone)
+    text = (clone / "SUMMARY.md").read_text()
+    section = text.split("## Archived cells")[1].split("\n## ")[0]
+    assert "| repeat_copy | NTM-LSTM | B=4, lr x sqrtB (0.0002) | 0 1 2 | 0.01 | archive/2026-12-03/ |" in section
+    assert "| repeat_copy | NTM-FF | B=16, lr x 1 (0.0001) | 0 1 2 (running) | 3 | archive/2026-12-03/ |" in section
+    assert "9.5" not in section
+    # B=4, lr x sqrtB: the recorded copy cell (0.066) and the archived repeat-copy cell (0.01)
+    overall = text.split("- overall: ")[1]
+    assert overall.startswith("B=4, lr x sqrtB (median 0.038 over 2 of 6 NTM task x model cells, 1 of them archived)")
+    # the tables and the CSVs stay the records' own
+    assert len(read_csv(clone / "cells.csv")) == 5
