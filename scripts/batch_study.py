@@ -27,6 +27,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ntm_experiments.sweep import FAILED_NAME  # a failed job's marker file (no torch imported)
+
 ROOT = Path(__file__).resolve().parent.parent
 # the study's folder: NTM_BATCH_STUDY_DIR when set (the tests' own), else outputs/batch_study
 OUT = Path(os.environ.get("NTM_BATCH_STUDY_DIR") or ROOT / "outputs" / "batch_study")
@@ -76,6 +78,10 @@ def run_dir(task: str, model: str, batch: int, factor: str, seed: int) -> Path:
 
 
 def finished(folder: Path, total: int) -> bool:
+    """Whether the run in ``folder`` is done: at ``total`` sequences, or stopped by the divergence guard
+    (its FAILED file; not retried: a resume would restart from the same checkpoint and rate)."""
+    if (folder / FAILED_NAME).is_file():
+        return True
     path = folder / "checkpoint.pt"
     if not path.exists():
         return False

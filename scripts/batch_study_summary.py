@@ -135,6 +135,7 @@ class StudyRun:
     distance: Distance         # its own curve-level figure against the paper's curve
     clipped: float | None      # mean over logged points of the fraction of gradient elements clipped
     eps_dominant: float | None  # the same for RMSProp updates whose epsilon dominates n - m^2
+    diverged: str | None = None  # its FAILED line when it stopped before the budget (the divergence guard)
 
     @property
     def budget(self) -> int:
@@ -190,8 +191,15 @@ def live_records(runs_root: Path, out: Path) -> list[dict]:
                         "sequences": int(run.sequences), "path": _relative(folder, out),
                         "curve": [[int(x), float(y)] for x, y in run.curve],
                         "clipped": _mean(run.scalars.get(CLIPPED_TAG)),
-                        "eps_dominant": _mean(run.scalars.get(EPS_DOMINANT_TAG))})
+                        "eps_dominant": _mean(run.scalars.get(EPS_DOMINANT_TAG)),
+                        "diverged": _failed_line(folder)})
     return records
+
+
+def _failed_line(folder: Path) -> str | None:
+    """The run's FAILED line (ntm_experiments.sweep), None when it has none."""
+    path = folder / batch_study.FAILED_NAME
+    return (path.read_text().strip() or "failed") if path.is_file() else None
 
 
 def keep_records(records: list[dict], folder: Path) -> None:
@@ -230,7 +238,8 @@ def read_records(folder: Path, out: Path, paper: dict) -> list[StudyRun]:
         points, y_top = paper_curve(paper, task, model)
         binned = bin_curve(curve)
         this = StudyRun(run_path, task, model, batch, lr, lr_factor(task, model, batch, lr), seed, sequences,
-                        binned, curve, distance(binned, points, y_top), rec.get("clipped"), rec.get("eps_dominant"))
+                        binned, curve, distance(binned, points, y_top), rec.get("clipped"), rec.get("eps_dominant"),
+                        rec.get("diverged"))
         key = (task, model, this.setting, seed)
         if key in found:
             kept, other = sorted([found[key], this], key=lambda r: (r.sequences, str(r.path)), reverse=True)
@@ -264,8 +273,13 @@ class Cell:
 
     @property
     def running(self) -> bool:
-        """Whether some seed has not reached the task x model's budget yet."""
-        return not all(r.finished for r in self.runs)
+        """Whether some seed has neither reached the task x model's budget nor diverged yet."""
+        return not all(r.finished or r.diverged for r in self.runs)
+
+    @property
+    def diverged(self) -> int:
+        """Seeds stopped by the divergence guard before the budget."""
+        return sum(bool(r.diverged) and not r.finished for r in self.runs)
 
     @property
     def label(self) -> str:
@@ -318,7 +332,7 @@ def _col(bits: float) -> str:
 
 
 def seed_columns() -> list[str]:
-    cols = ["task", "model", "batch", "lr_factor", "lr", "seed", "sequences", "budget", "finished",
+    cols = ["task", "model", "batch", "lr_factor", "lr", "seed", "sequences", "budget", "finished", "diverged",
             "final_window_end", "final_window_cost", "curve_figure", "curve_figure_points"]
     for bits in LANDMARK_COSTS:
         cols += [f"{_col(bits)}_status", f"{_col(bits)}_at"]
@@ -329,7 +343,7 @@ def seed_row(run: StudyRun, root: Path) -> dict[str, str]:
     """One run's row of seeds.csv (a landmark that is not this task x model's, or beyond the budget: empty)."""
     row = {"task": run.task, "model": run.model, "batch": str(run.batch), "lr_factor": run.factor,
            "lr": f"{run.lr:g}", "seed": str(run.seed), "sequences": str(run.sequences), "budget": str(run.budget),
-           "finished": str(run.finished).lower(), "final_window_end": str(run.binned.last_end or ""),
+           "finished": str(run.finished).lower(), "diverged": str(bool(run.diverged)).lower(), "final_window_end": str(run.binned.last_end or ""),
            "final_window_cost": _fmt(run.final_cost), "curve_figure": _fmt(run.distance.value),
            "curve_figure_points": f"{run.distance.used}/{run.distance.total}",
            "clipped_fraction_mean": _fmt(run.clipped), "eps_dominant_fraction_mean": _fmt(run.eps_dominant),
@@ -343,7 +357,8 @@ def seed_row(run: StudyRun, root: Path) -> dict[str, str]:
 
 
 def cell_columns() -> list[str]:
-    cols = ["task", "model", "batch", "lr_factor", "lr", "seeds", "seed_list", "seeds_finished", "sequences_min",
+    cols = ["task", "model", "batch", "lr_factor", "lr", "seeds", "seed_list", "seeds_finished", "seeds_diverged",
+            "sequences_min",
             "budget", "median_last_window_end", "curve_figure", "curve_figure_points", "curve_figure_seed_min",
             "curve_figure_seed_max"]
     for bits in LANDMARK_COSTS:
@@ -361,7 +376,7 @@ def cell_row(cell: Cell) -> dict[str, str]:
     seed_values = [d.value for d in comp.seed_distances if d.value is not None]
     row = {"task": cell.task, "model": cell.model, "batch": str(cell.batch), "lr_factor": cell.factor,
            "lr": f"{cell.lr:g}", "seeds": str(len(cell.runs)), "seed_list": " ".join(map(str, cell.seeds)),
-           "seeds_finished": str(sum(r.finished for r in cell.runs)),
+           "seeds_finished": str(sum(r.finished for r in cell.runs)), "seeds_diverged": str(cell.diverged),
            "sequences_min": str(min(r.sequences for r in cell.runs)), "budget": str(cell.budget),
            "median_last_window_end": str(comp.median.last_end or ""), "curve_figure": _fmt(comp.distance.value),
            "curve_figure_points": f"{comp.distance.used}/{comp.distance.total}",
@@ -449,7 +464,7 @@ def study_figure(cells: list[Cell], paper: dict):
                 if not len(xs):
                     continue
                 note = f", {len(cell.runs)} seed{'s' if len(cell.runs) != 1 else ''}" + (
-                    ", running" if cell.running else "")
+                    ", running" if cell.running else "") + (f", {cell.diverged} diverged" if cell.diverged else "")
                 ax.plot(xs, ys, color=BATCH_COLOURS.get(cell.batch, "tab:purple"),
                         ls=FACTOR_STYLES[cell.factor], lw=1.4, label=cell.label + note)
                 top = max(top, float(np.nanmax(ys)))
@@ -518,7 +533,8 @@ def _best(cells: list[Cell]) -> tuple[list[Cell], float] | None:
 
 
 def _running(cell: Cell) -> str:
-    return " (running)" if cell.running else ""
+    """" (running)" and/or " (k diverged)" after a cell's seeds or label."""
+    return (" (running)" if cell.running else "") + (f" ({cell.diverged} diverged)" if cell.diverged else "")
 
 
 def _budgets_text(task: str, models: tuple[str, ...]) -> str:
@@ -570,7 +586,9 @@ def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None,
           + "".join(f", {t} {MODEL_LABELS.get(m, m)} {b // 1000:g}k sequences"
                     for (t, m), b in batch_study.BASELINE_BUDGETS.items() if m in baselines) + ". Settings: "
           "B = sequences per update; lr = the table's rate x 1, sqrt(B) or B. Stable: seeds whose last covered "
-          "window is below the cost. \"(running)\": some seed has not reached the budget yet.", "",
+          "window is below the cost. \"(running)\": some seed has not reached the budget yet; \"(k diverged)\": k seeds "
+          "were stopped before it by the divergence guard (non-finite steps after 3 restores; not retried), "
+          "their curves counted up to there.", "",
           "![batch study](batch_study.png)", ""]
     if not cells:
         md += ["No runs yet.", ""]
@@ -647,7 +665,8 @@ def read_archive(folder: Path, cells: list[Cell]) -> list[ArchivedCell]:
                 if key in have or key in found or row["model"] not in batch_study.MODELS:
                     continue
                 found[key] = ArchivedCell(*key, float(row["lr"]), row["seed_list"],
-                                          row["seeds_finished"] != row["seeds"],
+                                          int(row["seeds_finished"]) + int(row.get("seeds_diverged") or 0)
+                                          < int(row["seeds"]),
                                           float(row["curve_figure"]) if row["curve_figure"] else None,
                                           path.parent.name)
     return sorted(found.values(), key=lambda c: _order(c.task, c.model, c.batch, c.factor, c.lr))

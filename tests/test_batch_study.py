@@ -363,3 +363,26 @@ def test_archived_cells_count_in_the_overall_line_until_re_run(study, tmp_path):
     assert overall.startswith("B=4, lr x sqrtB (median 0.038 over 2 of 6 NTM task x model cells, 1 of them archived)")
     # the tables and the CSVs stay the records' own
     assert len(read_csv(clone / "cells.csv")) == 5
+
+
+def test_a_diverged_run_is_marked_and_not_retried(study, tmp_path):
+    """A run the divergence guard stopped (its FAILED file) counts up to where it got, is marked
+    "diverged" rather than "running", and batch_study run does not train it again."""
+    out, _, _ = study
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone)
+    folder = clone / "runs" / "copy" / "b4" / "ntm_lstm_lr0.0001_seed0"  # stopped at 35k of 60k
+    assert not batch_study.finished(folder, 60_000)
+    (folder / "FAILED").write_text("training diverged: 10 non-finite steps in a row after 3 restores\n")
+    assert batch_study.finished(folder, 60_000)
+    with redirect_stdout(io.StringIO()):
+        summarise(clone)
+    row = seed_rows(clone)[("ntm_lstm", "4", "1", "0")]
+    assert (row["finished"], row["diverged"], row["sequences"]) == ("false", "true", "35000")
+    cell = cell_rows(clone)[("ntm_lstm", "4", "1")]
+    assert (cell["seeds_finished"], cell["seeds_diverged"]) == ("0", "1")
+    assert json.loads((clone / "records" / "copy" / "b4" / "ntm_lstm_lr0.0001_seed0.json").read_text())[
+        "diverged"].startswith("training diverged")
+    table = (clone / "SUMMARY.md").read_text().split("## copy")[1].split("\n## ")[0]
+    line = next(line for line in table.splitlines() if "B=4, lr x 1 " in line)
+    assert "| 1 (0) (1 diverged) |" in line and "(running)" not in line
