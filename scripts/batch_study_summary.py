@@ -620,6 +620,7 @@ def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None,
         md += [" ".join(notes), ""] if notes else []
 
     md += archive_markdown(list(archived))
+    md += overall_markdown(cells, list(archived))
     md += ["## Best settings (lowest curve-level figure of the median curve; ties within "
            f"{TIE:g} listed together)", ""]
     for task in batch_study.TASKS:
@@ -685,35 +686,59 @@ def archive_markdown(archived: list[ArchivedCell]) -> list[str]:
             _table(["task", "model", "setting", "seeds", "curve-level figure (median curve)", "from"], rows), ""]
 
 
+def setting_figures(cells: list[Cell], archived: list[ArchivedCell] = ()) -> dict[tuple, dict]:
+    """Per setting (batch, factor, lr for "other"): its label and, per NTM task x model, (figure of the
+    median curve, running, archived); an archived cell only where no recorded cell of its own is."""
+    table: dict[tuple, dict] = {}
+    for c, figure, archived_cell in ([(c, c.comparison.distance.value, False) for c in cells]
+                                     + [(c, c.figure, True) for c in archived]):
+        if c.model in batch_study.MODELS and figure is not None:
+            key = (c.batch, c.factor, c.lr if c.factor == "other" else None)
+            entry = table.setdefault(key, {"label": setting_label(c.batch, c.factor, c.lr), "cells": {}})
+            entry["cells"][(c.task, c.model)] = (figure, c.running, archived_cell)
+    return table
+
+
+def overall_markdown(cells: list[Cell], archived: list[ArchivedCell] = ()) -> list[str]:
+    """SUMMARY.md's table of every setting's figures over the NTM task x model cells and their median."""
+    table = setting_figures(cells, archived)
+    if not table:
+        return []
+    pairs = [(t, m) for t in batch_study.TASKS for m in batch_study.MODELS]
+    header = ["setting"] + [f"{t} {MODEL_LABELS.get(m, m)}" for t, m in pairs] + ["median (cells)"]
+    rows = []
+    for key in sorted(table, key=lambda k: (k[0], _place(FACTOR_ORDER, k[1]), k[2] or 0)):
+        entry = table[key]
+        row = [entry["label"]]
+        for pair in pairs:
+            got = entry["cells"].get(pair)
+            row.append("" if got is None else f"{got[0]:.3f}" + ("*" if got[2] else "") + (" (running)" if got[1] else ""))
+        figures = [f for f, _, _ in entry["cells"].values()]
+        row.append(f"{float(np.median(figures)):.3f} ({len(figures)})")
+        rows.append(row)
+    return ["## Every setting over the six NTM cells (curve-level figure of the median curve; * archived)", "",
+            _table(header, rows), ""]
+
+
 def overall_best(cells: list[Cell], archived: list[ArchivedCell] = ()) -> str:
     """The setting(s) of lowest median, over the NTM task x model cells (a baseline's left out), of the
     median curve's figure; an archived cell counts where no recorded cell of its task x model x setting
     is. Only settings with a figure in the most such cells compete (a setting missing cells would be
     ranked on fewer); ties within TIE listed together."""
-    by_setting: dict[tuple, list[tuple[float, bool, bool]]] = {}  # (figure, running, archived) per cell
-    labels: dict[tuple, str] = {}
-    for cell in cells:
-        if cell.model in batch_study.MODELS and cell.comparison.distance.value is not None:
-            key = (cell.batch, cell.factor, cell.lr if cell.factor == "other" else None)
-            by_setting.setdefault(key, []).append((cell.comparison.distance.value, cell.running, False))
-            labels[key] = setting_label(cell.batch, cell.factor, cell.lr)
-    for cell in archived:
-        if cell.figure is not None:
-            key = (cell.batch, cell.factor, cell.lr if cell.factor == "other" else None)
-            by_setting.setdefault(key, []).append((cell.figure, cell.running, True))
-            labels[key] = setting_label(cell.batch, cell.factor, cell.lr)
-    if not by_setting:
+    table = setting_figures(cells, archived)
+    if not table:
         return "n/a (no NTM cell has a curve-level figure yet)"
-    most = max(len(v) for v in by_setting.values())
-    medians = {key: float(np.median([f for f, _, _ in v])) for key, v in by_setting.items() if len(v) == most}
+    most = max(len(v["cells"]) for v in table.values())
+    medians = {key: float(np.median([f for f, _, _ in v["cells"].values()]))
+               for key, v in table.items() if len(v["cells"]) == most}
     low = min(medians.values())
     chosen = sorted((key for key, m in medians.items() if m <= low + TIE), key=lambda k: medians[k])
     total = len(batch_study.TASKS) * len(batch_study.MODELS)
     texts = []
     for key in chosen:
-        members = by_setting[key]
+        members = table[key]["cells"].values()
         old = sum(a for _, _, a in members)
-        texts.append(f"{labels[key]} (median {medians[key]:.3f} over {most} of {total} NTM task x model cells"
+        texts.append(f"{table[key]['label']} (median {medians[key]:.3f} over {most} of {total} NTM task x model cells"
                      f"{f', {old} of them archived' if old else ''})"
                      f"{' (running)' if any(r for _, r, _ in members) else ''}")
     return "; ".join(texts)

@@ -361,6 +361,11 @@ def test_archived_cells_count_in_the_overall_line_until_re_run(study, tmp_path):
     # B=4, lr x sqrtB: the recorded copy cell (0.066) and the archived repeat-copy cell (0.01)
     overall = text.split("- overall: ")[1]
     assert overall.startswith("B=4, lr x sqrtB (median 0.038 over 2 of 6 NTM task x model cells, 1 of them archived)")
+    # every setting's row over the six cells: recorded and archived (*) figures, and their median
+    grid = text.split("## Every setting over the six NTM cells")[1].split("\n## ")[0]
+    row = next(line for line in grid.splitlines() if line.startswith("| B=4, lr x sqrtB |"))
+    assert row == "| B=4, lr x sqrtB |  | 0.066 |  | 0.010* |  |  | 0.038 (2) |"
+    assert "| B=16, lr x 1 |  |  | 3.000* (running) |  |  |  | 3.000 (1) |" in grid
     # the tables and the CSVs stay the records' own
     assert len(read_csv(clone / "cells.csv")) == 5
 
