@@ -1,7 +1,7 @@
 """The Hydra config tree: where ``conf/`` is, and what Hydra needs before it composes a config.
 
 Importing this module registers the dataclass schemas (``ntm_experiments.schema``) and the
-resolvers the YAML calls (``${ntm_run_dir:...}``, ``${ntm_paper_seeds:...}``,
+resolvers the YAML calls (``${ntm_run_dir:...}``, ``${ntm_paper_seeds:...}``, ``${ntm_paper_models:...}``,
 ``${ntm_parallel_jobs:}``), and silences one expected Hydra warning.
 """
 
@@ -79,8 +79,15 @@ def _resolve_run_dir(resume: Any, fresh: str) -> str:
 
 
 def paper_seeds(budget: str) -> str:
-    """The seeds a paper experiment sweeps (conf/experiment/): one for the smoke budget, else three."""
-    return "1" if str(budget) == "smoke" else "1,2,3"
+    """The seeds a paper experiment sweeps (conf/experiment/): one for the smoke budget, five for the
+    cpu budget (0-4: the batch-size study's seeds, so its runs at the default setting are the
+    first 60k-100k sequences of these), else three."""
+    return {"smoke": "1", "cpu": "0,1,2,3,4"}.get(str(budget), "1,2,3")
+
+
+def paper_models(budget: str) -> str:
+    """The models a paper experiment sweeps: the two NTMs at the cpu budget, else the LSTM baseline too."""
+    return "ntm_ff,ntm_lstm" if str(budget) == "cpu" else "ntm_ff,ntm_lstm,lstm"
 
 
 def _parallel_jobs() -> int:
@@ -97,9 +104,11 @@ if not OmegaConf.has_resolver("ntm_parallel_jobs"):
     OmegaConf.register_new_resolver("ntm_parallel_jobs", _parallel_jobs)
 if not OmegaConf.has_resolver("ntm_paper_seeds"):
     OmegaConf.register_new_resolver("ntm_paper_seeds", paper_seeds)
+if not OmegaConf.has_resolver("ntm_paper_models"):
+    OmegaConf.register_new_resolver("ntm_paper_models", paper_models)
 if not OmegaConf.has_resolver("ntm_run_dir"):
     OmegaConf.register_new_resolver("ntm_run_dir", _resolve_run_dir)
 register_configs()
 
 
-__all__ = ["config_dir", "paper_seeds"]
+__all__ = ["config_dir", "paper_models", "paper_seeds"]

@@ -46,7 +46,7 @@ def test_runs_without_a_budget_are_custom():
 
 
 @pytest.mark.parametrize("budget, total, log_every, every", [
-    ("smoke", 320, 32, 160), ("short", 20000, 200, 2000), ("paper", 1_000_000, 1000, 10000)])
+    ("smoke", 320, 32, 160), ("short", 20000, 200, 2000), ("cpu", 250_000, 1000, 10000), ("paper", 1_000_000, 1000, 10000)])
 def test_budgets_set_the_length_and_scale_logging_evaluation_and_checkpoints(budget, total, log_every, every):
     cfg = compose_config(f"budget={budget}", "task=copy", "model=ntm_ff")
     assert cfg.budget == budget
@@ -75,6 +75,22 @@ def test_paper_experiments_sweep_the_three_models_and_three_seeds_at_the_papers_
         job = compose_config(f"experiment={experiment}", f"model={model}")
         assert job.paper.table and job.paper.params, (experiment, model)
         assert job.model.name == model
+
+
+@pytest.mark.parametrize("experiment, task", EXPERIMENTS.items())
+def test_the_cpu_budget_sweeps_the_two_ntms_over_five_seeds_to_250k_on_every_task(experiment, task):
+    cfg = compose_config(f"experiment={experiment}", "budget=cpu", return_hydra_config=True)
+    assert cfg.budget == "cpu" and cfg.task.name == task
+    assert cfg.train.total_sequences == 250_000  # repeat copy's 500k (its task_model row) included
+    assert cfg.hydra.sweeper.params.model.split(",") == ["ntm_ff", "ntm_lstm"]
+    assert cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+    # every NTM landmark of Figs 3, 7 and 10 lies inside the runs (compare.py's windows: 10k wide)
+    from ntm_experiments.report import LANDMARKS
+    if task in ("copy", "repeat_copy", "associative_recall"):
+        for model in ("ntm_ff", "ntm_lstm"):
+            for kind, a, b in LANDMARKS[task][model]:
+                at_k = b if kind == "below" else a  # thousands of sequences
+                assert at_k * 1000 <= cfg.train.total_sequences, (task, model, kind, a, b)
 
 
 def test_smoke_budget_runs_a_paper_experiment_with_one_seed():
