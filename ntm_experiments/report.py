@@ -9,20 +9,27 @@
 - ``fig04_*``, ``fig05_*``, ``fig08_*``: example pictures (copy with an NTM / the LSTM, repeat copy)
   from one run per task x model (the seed with the lowest final training cost);
 - ``aggregate/``: what ``ntm-aggregate`` writes for the same runs;
-- ``REPORT.md``: per figure x model, the curve-level figure and agreement or disagreement with
-  the paper's landmarks in numbers, both by compare.py's rule (the paper's 10k windows), the budget, seeds and sequences of the runs, the Fig 11 table and the parameter counts.
+- ``REPORT.md``: the verdicts counted (agree / disagree by direction / inconclusive); per figure x
+  model, the curve-level figure, the seeds at the paper's level and agreement or disagreement with
+  the paper's landmarks in numbers, both by compare.py's rule (the paper's 10k windows), with the
+  measured facts behind each disagreement (and ``--explain``'s lines); the budget, seeds and
+  sequences of the runs, the Fig 11 table (median and range over seeds) and the parameter counts.
 
 A figure whose runs are missing is listed as missing. Every file is written atomically.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
 from .compare import NOT_REACHED, PLUS_BITS, REACHED, WINDOW, Comparison, compare, window_end
+from .compare import reach as _reach
 from .errors import RunError
 from .paper import FIGURES, Figure, load_paper_curves  # noqa: F401 - Figure, load_paper_curves re-exported
 from .runs import OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, write_atomic
@@ -179,12 +186,59 @@ def _paper_window(k_sequences: float) -> str:
     return f"{k_sequences:g}k, in the window ending at {window_end(k_sequences * 1000) // 1000:g}k"
 
 
-def landmark_line(summary: Summary, landmark: tuple, comp: Comparison | None = None) -> str:
-    """One sentence comparing our binned median curve with one of the paper's landmarks, in numbers
+def landmark_id(landmark: tuple) -> str:
+    """A landmark's short name: "below 0.1 bits at 25k", "0.5 bits at 45k", "mean 900k-1000k"."""
+    kind, a, b = landmark
+    if kind == "below":
+        return f"below {a:g} bits at {b:g}k"
+    if kind == "at":
+        return f"{b:g} bits at {a:g}k"
+    return f"mean {a[0]:g}k-{a[1]:g}k"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One landmark of the paper against our seeds, by compare.py's rule and this module's tolerances."""
+    task: str
+    model: str
+    landmark: tuple
+    line: str                # the sentence REPORT.md prints (landmark_line)
+    verdict: str             # "agrees", "disagrees: <faster | slower | higher | lower | did not stay below>", "inconclusive: ..."
+    at_level: int | None     # seeds that reach the paper's level (see seed_levels); None when no seed covers it
+    covering: int            # seeds whose curve covers the landmark's window(s)
+    seeds: int               # seeds in all
+    why: tuple[str, ...]     # measured facts behind a disagreement (empty otherwise)
+
+    @property
+    def outcome(self) -> str:
+        """agrees, disagrees or inconclusive."""
+        return self.verdict.split(":")[0]
+
+    @property
+    def key(self) -> str:
+        """task/model/landmark: how ``--explain`` names it."""
+        return f"{self.task}/{self.model}/{landmark_id(self.landmark)}"
+
+
+def _cost_agrees(ours: float, paper_cost: float) -> bool:
+    return abs(ours - paper_cost) <= max(COST_TOLERANCE * paper_cost, COST_FLOOR)
+
+
+def _window_cost(binned, landmark: tuple) -> float | None:
+    """A curve's cost where an "at" or "mean" landmark reads it (None when it does not cover it)."""
+    kind, a, _ = landmark
+    if kind == "at":
+        return binned.at(a * 1000)
+    lo, hi = a
+    values = [binned.at(end) for end in range(window_end(lo * 1000 + 1), window_end(hi * 1000) + 1, WINDOW)]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def _judge(summary: Summary, landmark: tuple, comp: Comparison) -> tuple[str, str]:
+    """(sentence, verdict) for one landmark: our binned median curve against the paper's, in numbers
     (compare.py's rule: 10k windows, reached = below and staying below)."""
     kind, a, b = landmark
     name = f"{summary.task}, {MODEL_LABELS.get(summary.model, summary.model)}"
-    comp = comp or comparison(summary)
     ours_end = comp.median.last_end
     stop = (f"our median curve covers no whole {WINDOW // 1000:g}k window" if not ours_end else
             f"our median curve's last whole window ends at {k(ours_end)}")
@@ -199,29 +253,103 @@ def landmark_line(summary: Summary, landmark: tuple, comp: Comparison | None = N
             verdict = ("agrees" if ours <= REACH_FACTOR * paper_end and ours * REACH_FACTOR >= paper_end else
                        "disagrees: slower" if ours > paper_end else "disagrees: faster")
             return (f"{head} from the window ending at {k(ours)} sequences (paper: {_paper_window(paper_k)}); "
-                    f"{verdict} ({per_seed})")
+                    f"{verdict} ({per_seed})"), verdict
         if ours_end < paper_end:
             verdict = f"inconclusive: {stop}, before the paper's landmark"
         else:
             verdict = "disagrees: slower" if median_reach.status == NOT_REACHED else "disagrees: did not stay below"
-        return f"{head}: {median_reach.text()} (paper: {_paper_window(paper_k)}); {verdict} ({per_seed})"
+        return f"{head}: {median_reach.text()} (paper: {_paper_window(paper_k)}); {verdict} ({per_seed})", verdict
     if kind == "at":
         at_k, paper_cost = a, b
-        ours = comp.median.at(at_k * 1000)
         where = f"in the window ending at {window_end(at_k * 1000) // 1000:g}k sequences"
         paper_where = f"at {at_k:g}k sequences"
     else:
         (lo, hi), paper_cost = a, b
-        ends = range(window_end(lo * 1000 + 1), window_end(hi * 1000) + 1, WINDOW)
-        values = [comp.median.at(end) for end in ends]
-        ours = None if any(v is None for v in values) else sum(values) / len(values)
         where = f"mean over the windows from {lo:g}k to {hi:g}k sequences"
         paper_where = f"mean over {lo:g}k-{hi:g}k sequences"
+    ours = _window_cost(comp.median, landmark)
     if ours is None:
-        return f"{name}: {paper_where} the paper has {paper_cost:g} bits; inconclusive: {stop}"
-    close = abs(ours - paper_cost) <= max(COST_TOLERANCE * paper_cost, COST_FLOOR)
-    verdict = "agrees" if close else ("disagrees: higher" if ours > paper_cost else "disagrees: lower")
-    return f"{name}: {ours:.3g} bits {where} (paper: {paper_cost:g} {paper_where}); {verdict}"
+        verdict = f"inconclusive: {stop}"
+        return f"{name}: {paper_where} the paper has {paper_cost:g} bits; {verdict}", verdict
+    verdict = "agrees" if _cost_agrees(ours, paper_cost) else ("disagrees: higher" if ours > paper_cost else
+                                                                 "disagrees: lower")
+    return f"{name}: {ours:.3g} bits {where} (paper: {paper_cost:g} {paper_where}); {verdict}", verdict
+
+
+def landmark_line(summary: Summary, landmark: tuple, comp: Comparison | None = None) -> str:
+    """One sentence comparing our binned median curve with one of the paper's landmarks, in numbers
+    (compare.py's rule: 10k windows, reached = below and staying below)."""
+    return _judge(summary, landmark, comp or comparison(summary))[0]
+
+
+def seed_levels(landmark: tuple, comp: Comparison) -> tuple[int | None, int, list[str]]:
+    """How typical the paper's run is among our seeds: (seeds at the paper's level, seeds covering
+    the landmark, one phrase per seed). At the paper's level: for "below", the seed's own binned curve
+    reaches the cost and stays below it to the end of the run (at any time); for "at" and "mean", the
+    seed's cost there is at most the paper's plus this module's tolerance (25 % or 0.1 bits)."""
+    kind, a, b = landmark
+    at_level, covering, phrases = 0, 0, []
+    for binned, seed in zip(comp.per_seed, comp.seeds):
+        if kind == "below":
+            r = _reach(binned, a)
+            covering += binned.last_end >= window_end(b * 1000)
+            at_level += r.status == REACHED
+            phrases.append(f"{r.text()} (seed {seed})")
+        else:
+            cost = _window_cost(binned, landmark)
+            if cost is None:
+                phrases.append(f"not covered (seed {seed})")
+                continue
+            covering += 1
+            at_level += cost <= b or _cost_agrees(cost, b)
+            phrases.append(f"{cost:.3g} (seed {seed})")
+    return (at_level if covering or kind == "below" else None), covering, phrases
+
+
+def _why(landmark: tuple, verdict: str, comp: Comparison) -> tuple[str, ...]:
+    """Measured facts behind a disagreement: how many seeds agree on their own, and how far off the
+    median curve is in the paper's 10k windows."""
+    if not verdict.startswith("disagrees"):
+        return ()
+    kind, a, b = landmark
+    facts = []
+    if kind == "below":
+        paper_end = window_end(b * 1000)
+        alone = [s for bn, s in zip(comp.per_seed, comp.seeds) if (r := _reach(bn, a)).status == REACHED
+                 and r.at <= REACH_FACTOR * paper_end and r.at * REACH_FACTOR >= paper_end]
+        facts.append(f"{len(alone)} of {len(comp.seeds)} seeds agree on their own"
+                     + (f" (seed{'s' if len(alone) > 1 else ''} {', '.join(map(str, alone))})" if alone else ""))
+        median_reach = _reach(comp.median, a)
+        if median_reach.status == REACHED:
+            windows = abs(median_reach.at - paper_end) // WINDOW
+            facts.append(f"the median curve is {windows} of the paper's {WINDOW // 1000:g}k windows "
+                         f"{'later' if median_reach.at > paper_end else 'earlier'} than the paper's")
+        elif median_reach.status != REACHED:
+            never = [s for bn, s in zip(comp.per_seed, comp.seeds) if _reach(bn, a).status != REACHED]
+            facts.append(f"seed{'s' if len(never) > 1 else ''} {', '.join(map(str, never))} never stay below "
+                         f"{a:g} bits within the run")
+    else:
+        costs = [(c, s) for bn, s in zip(comp.per_seed, comp.seeds) if (c := _window_cost(bn, landmark)) is not None]
+        alone = [s for c, s in costs if _cost_agrees(c, b)]
+        facts.append(f"{len(alone)} of {len(costs)} seeds agree on their own"
+                     + (f" (seed{'s' if len(alone) > 1 else ''} {', '.join(map(str, alone))})" if alone else "")
+                     + "; seeds' costs there: " + ", ".join(f"{c:.3g} (seed {s})" for c, s in costs))
+    return tuple(facts)
+
+
+def _no_runs(task: str, model: str, landmark: tuple) -> Verdict:
+    """A landmark of a task x model the report has no runs of: inconclusive, and counted as such."""
+    line = f"{task}, {MODEL_LABELS.get(model, model)}: {landmark_id(landmark)}: inconclusive: no runs"
+    return Verdict(task, model, landmark, line, "inconclusive: no runs", None, 0, 0, ())
+
+
+def judge(summary: Summary, landmark: tuple, comp: Comparison | None = None) -> Verdict:
+    """The landmark's sentence, verdict, seeds at the paper's level and, for a disagreement, the measured why."""
+    comp = comp or comparison(summary)
+    line, verdict = _judge(summary, landmark, comp)
+    at_level, covering, _ = seed_levels(landmark, comp)
+    return Verdict(summary.task, summary.model, landmark, line, verdict, at_level, covering, len(comp.seeds),
+                   _why(landmark, verdict, comp))
 
 
 def curve_line(summary: Summary, comp: Comparison) -> str:
@@ -234,6 +362,37 @@ def curve_line(summary: Summary, comp: Comparison) -> str:
 
 
 # ---------------------------------------------------------------- the Markdown summary
+OUTCOMES = ("agrees", "disagrees: faster", "disagrees: slower", "disagrees: lower", "disagrees: higher",
+            "disagrees: did not stay below", "inconclusive")
+
+
+def count_verdicts(verdicts: list[Verdict]) -> dict[str, int]:
+    """Verdicts per outcome (OUTCOMES; "inconclusive" whatever its reason)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for v in verdicts:
+        counts["inconclusive" if v.outcome == "inconclusive" else v.verdict] += 1
+    return counts
+
+
+def verdict_table(verdicts: list[Verdict]) -> str:
+    """Counts of agree / disagree (by direction) / inconclusive: the NTM landmarks of Figs 3, 7 and 10, then all."""
+    core = [v for v in verdicts if v.model != "lstm" and v.task in ("copy", "repeat_copy", "associative_recall")]
+    rows = []
+    for name, group in (("NTM landmarks of Figs 3, 7, 10", core), ("all landmarks", verdicts)):
+        counts = count_verdicts(group)
+        rows.append([name, str(len(group))] + [str(counts[o]) for o in OUTCOMES])
+    return _table(["landmarks", "total", "agree", "faster", "slower", "lower", "higher", "did not stay below",
+                   "inconclusive"], rows)
+
+
+def _spread(values: list[float]) -> str:
+    """median (min-max) of the seeds' values; n/a when there are none."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "n/a"
+    return _num(median(values)) + (f" ({_num(min(values))}-{_num(max(values))})" if len(values) > 1 else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -249,10 +408,11 @@ def _count(value: float | None) -> str:
 
 
 def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: float = DEFAULT_THRESHOLD,
-                 note: str = "") -> list[Path]:
+                 note: str = "", explain: dict[str, str] | None = None) -> list[Path]:
     """Write every figure, the aggregate tables and REPORT.md into ``out``; return the paths written.
     A run repeating another (the same task, model, seed and settings) counts once (runs.distinct);
-    REPORT.md lists what it left out."""
+    REPORT.md lists what it left out. ``explain``: landmark key (Verdict.key) -> a line on why, printed
+    under that landmark beside the measured facts."""
     runs, repeats = distinct(runs)
     summaries = summarise(runs, threshold)
     paper = load_paper_curves()
@@ -283,10 +443,15 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
                "model, seed and settings count as one seed; the run that reached the most sequences is kept):", ""]
         md += [f"- {repeat.why()}" for repeat in repeats] + [""]
 
+    explain = dict(explain or {})
+    head, md = md, []  # the verdict counts and the per-figure table go above the figures: built after them
+    verdicts: list[Verdict] = []
+    cells: list[list[str]] = []
     for figure in FIGURES:
         md += [f"## Fig {figure.number}: {figure.title.lower()} ({figure.task})", ""]
         if figure.task not in by_task:
             md += [f"Missing: no runs of task `{figure.task}` in the given folders.", ""]
+            verdicts += [_no_runs(figure.task, model, lm) for model, lms in LANDMARKS[figure.task].items() for lm in lms]
             continue
         optimum = None
         if figure.task == "ngrams":
@@ -300,10 +465,26 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
             summary = next((s for s in summaries if s.task == figure.task and s.model == model), None)
             if summary is None:
                 md.append(f"- {figure.task}, {label}: missing (no runs)")
+                verdicts += [_no_runs(figure.task, model, lm) for lm in LANDMARKS[figure.task].get(model, [])]
                 continue
             comp = comparison(summary, figure, paper)
             md.append(f"- {curve_line(summary, comp)}")
-            md += [f"- {landmark_line(summary, lm, comp)}" for lm in LANDMARKS[figure.task].get(model, [])]
+            levels = []
+            for lm in LANDMARKS[figure.task].get(model, []):
+                v = judge(summary, lm, comp)
+                verdicts.append(v)
+                md.append(f"- {v.line}")
+                level = "n/a" if v.at_level is None else f"{v.at_level}/{v.seeds}"
+                partly = lm[0] != "below" and v.at_level is not None and v.covering < v.seeds
+                md.append(f"  - seeds at the paper's level: {level}" + (f" ({v.covering} covering its window)" if partly else ""))
+                md += [f"  - why: {fact}" for fact in v.why]
+                if v.key in explain:
+                    md.append(f"  - why: {explain.pop(v.key)}")
+                levels.append(f"{landmark_id(lm)}: {level}")
+            per_seed = [d.value for d in comp.seed_distances if d.value is not None]
+            cells.append([f"Fig {figure.number}", label, f"{len(summary.runs)}", _num(comp.distance.value),
+                          f"{_num(median(per_seed))} ({_num(min(per_seed))}-{_num(max(per_seed))})" if per_seed else "n/a",
+                          "; ".join(levels) or "none"])
         if figure.task == "ngrams":
             md.append(f"- optimal estimator (eq. 10) on our validation set: {_num(optimum, 4)} bits (paper: "
                       f"{PAPER_NGRAM_OPTIMUM}; we score all 200 bits, where the optimum is about 133.3)")
@@ -321,11 +502,12 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
         for model in ("lstm", "ntm_lstm", "ntm_ff"):
             s = next((s for s in recall if s.model == model), None)
             gen = s.generalisation() if s else {}
-            rows.append([MODEL_LABELS[model]] + [
-                f"{_num(median(gen.get(f'items_{n}', [])))} ({PAPER_FIG11[model][i]:g})" if s else
+            rows.append([MODEL_LABELS[model], f"{len(s.runs)}" if s else "0"] + [
+                _spread(gen.get(f"items_{n}", [])) + f" ({PAPER_FIG11[model][i]:g})" if s else
                 f"missing ({PAPER_FIG11[model][i]:g})" for i, n in enumerate(FIG11_ITEMS)])
-        md += [f"![Fig 11]({path.name})", "", "Ours, median across seeds of each run's last evaluation (paper in "
-               "brackets):", "", _table(["model"] + [f"{n} items" for n in FIG11_ITEMS], rows), ""]
+        md += [f"![Fig 11]({path.name})", "", "Ours, each run's last evaluation: the median across seeds, their range "
+               "in brackets after it, then the paper's:", "",
+               _table(["model", "seeds"] + [f"{n} items" for n in FIG11_ITEMS], rows), ""]
 
     md += ["## Other generalisation results (ours; the paper shows these as pictures)", ""]
     other = [s for s in summaries if s.task != "associative_recall" and s.generalisation()]
@@ -363,9 +545,40 @@ def build_report(runs: list[Run], out: Path, sources: list[Path], threshold: flo
                       for s in summaries]))
     md += ["", "Aggregate tables of the same runs: [aggregate/summary.csv](aggregate/summary.csv), "
            "[aggregate/seeds.csv](aggregate/seeds.csv), [aggregate/curves.csv](aggregate/curves.csv).", ""]
+    head += ["## Verdicts", "", "Every landmark above, counted (agree: within the tolerances of the first paragraph; "
+             "disagree, with the direction; inconclusive: the runs do not cover it):", "",
+             verdict_table(verdicts), ""]
+    head += ["## Per figure and model", "", "The curve-level figure (0 is the paper's curve; 1 is a factor of two in "
+             f"cost + {PLUS_BITS:g} bit) of the median curve and of each seed alone, and for each landmark how many seeds "
+             "reach the paper's level (a cost: reach it and stay below to the end of the run, at any time; a cost at "
+             "a point: at most the paper's plus the tolerance). The paper shows one run; our seeds show how typical "
+             "it is.", "",
+             _table(["figure", "model", "seeds", "curve-level figure (median curve)", "seeds' figures: median (range)",
+                     "seeds at the paper's level"], cells), ""]
+    project = Path(__file__).resolve().parents[1]
+    study = project / "outputs" / "batch_study" / "batch_study.png"
+    if study.exists() and out.resolve().is_relative_to(project):  # a report inside a source checkout: link the
+        # regime study that chose the batch size and learning rate
+        head += [f"The defaults' batch size and learning rate were chosen by the batch-size study: "
+                 f"[its figure]({Path(os.path.relpath(study, out.resolve())).as_posix()}).", ""]
+    if explain:
+        head += ["Explanations given for landmarks not in this report (`--explain`): "
+                 + ", ".join(sorted(explain)), ""]
+    md = head + md
     write_atomic(out / "REPORT.md", "\n".join(md))
     written.append(out / "REPORT.md")
     return written
+
+
+def _read_explanations(path: Path) -> dict[str, str]:
+    """--explain's file: a JSON object of landmark key -> one line; a clear error otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunError(f"--explain {path}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise RunError(f"--explain {path}: expected a JSON object of landmark key -> one line of text")
+    return data
 
 
 def main(argv: list[str]) -> list[Path]:
@@ -375,11 +588,14 @@ def main(argv: list[str]) -> list[Path]:
     parser.add_argument("--out", type=Path, default=Path("outputs/report"), help="report folder (default outputs/report)")
     parser.add_argument("--threshold", type=positive_float, default=DEFAULT_THRESHOLD,
                         help=f"cost in bits per sequence that counts as converged (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--explain", type=Path, default=None, help="a JSON file: landmark key (e.g. "
+                        "\"repeat_copy/ntm_lstm/below 15 bits at 25k\") -> a line on why it disagrees, printed under it")
     parser.add_argument("--note", default="", help="a paragraph for the top of REPORT.md, e.g. which machine and "
                         "budget made the runs")
     args = parser.parse_args(argv)
+    explain = _read_explanations(args.explain) if args.explain else None
     runs = load_runs(args.folders)
-    written = build_report(runs, args.out, args.folders, args.threshold, args.note)
+    written = build_report(runs, args.out, args.folders, args.threshold, args.note, explain)
     kept, repeats = distinct(runs)
     left = f" ({len(repeats)} more left out as repeats of these, listed in REPORT.md)" if repeats else ""
     print(f"{len(kept)} runs{left}; wrote {len(written)} files in {args.out} (summary: {args.out / 'REPORT.md'})")

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, ntm_train_exe, run_cli, scalars
 from ntm_experiments.aggregate import MODEL_LABELS, Summary, summarise
-from ntm_experiments.report import (FIGURES, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, build_report, landmark_line,
-                                    learning_curve_figure, load_paper_curves)
+from ntm_experiments.report import (FIGURES, LANDMARKS, PAPER_FIG11, PAPER_NGRAM_OPTIMUM, build_report, judge,
+                                    landmark_line, learning_curve_figure, load_paper_curves)
 from ntm_experiments.runs import COST_TAG, Run, band, distinct, find_run_dirs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ def test_report_builds_every_figure_it_can_and_the_summary(sweep, tmp_path):
         ours = int(scalars(run, "model/parameters")[0][1])
         assert f"| {config.task.name} | {config.model.name} | {ours:,} | {config.paper.params:,} |" in text
     fig11 = text.split("## Fig 11")[1].split("\n## ")[0]
-    assert "(36.6)" in fig11 and "(0.08)" in fig11 and "NTM-FF | missing (0.02)" in fig11
+    assert "(36.6)" in fig11 and "(0.08)" in fig11 and "NTM-FF | 0 | missing (0.02)" in fig11
 
 
 def test_the_committed_report_cites_only_files_of_the_project():
@@ -404,3 +404,54 @@ def test_a_damaged_run_config_is_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "config.yaml: not a readable config" in lines[0], result.stderr
+
+
+def test_a_disagreement_says_why_in_numbers_and_how_many_seeds_reach_the_papers_level():
+    fast, never = _logged((20_000, 5.0), (100_000, 0.05)), _logged((100_000, 5.0))
+    v = judge(_summary("copy", "ntm_lstm", [fast, never, never]), ("below", 0.1, 25))
+    assert v.verdict == "disagrees: slower" and v.outcome == "disagrees"  # the median seed never gets there
+    assert (v.at_level, v.seeds) == (1, 3)
+    assert v.why == ("1 of 3 seeds agree on their own (seed 0)", "seeds 1, 2 never stay below 0.1 bits within the run")
+    assert v.key == "copy/ntm_lstm/below 0.1 bits at 25k"
+    late = judge(_summary("copy", "ntm_lstm", [_logged((60_000, 5.0), (100_000, 0.05))] * 3), ("below", 0.1, 25))
+    assert late.verdict == "disagrees: slower"
+    assert late.why[1] == "the median curve is 4 of the paper's 10k windows later than the paper's"  # 70k against 30k
+    # a cost at a point: each seed's own window cost, and the seeds at or below the paper's level
+    lstm = [_logged((300_000, c)) for c in (1.0, 3.0, 9.0)]
+    at = judge(_summary("copy", "lstm", lstm), ("at", 200, 1.9))
+    assert at.verdict == "disagrees: higher" and (at.at_level, at.covering, at.seeds) == (1, 3, 3)
+    assert at.why == ("0 of 3 seeds agree on their own; seeds' costs there: 1 (seed 0), 3 (seed 1), 9 (seed 2)",)
+    assert judge(_summary("copy", "lstm", lstm), ("at", 1000, 0.5)).at_level is None  # no seed covers it
+    assert not judge(_summary("copy", "ntm_lstm", [fast] * 3), ("below", 0.1, 25)).why  # agrees: nothing to explain
+
+
+def test_the_report_counts_every_landmark_and_prints_the_explanations_given(tmp_path, monkeypatch):
+    """21 landmarks in all, 9 of them the NTMs' of Figs 3, 7, 10; those without runs count as inconclusive."""
+    monkeypatch.chdir(tmp_path)
+    fast, never = _logged((20_000, 5.0), (100_000, 0.05)), _logged((100_000, 5.0))
+    runs = [_copy_run(f"runs/s{s}", s, c) for s, c in ((0, fast), (1, never), (2, never))]
+    explain = {"copy/ntm_lstm/below 0.1 bits at 25k": "seeds 1 and 2 stay on the 84-bit plateau (measured)",
+               "copy/ntm_ff/0.5 bits at 45k": "a line for a landmark without runs"}
+    build_report(runs, tmp_path / "report", [tmp_path / "runs"], explain=explain)
+    text = (tmp_path / "report" / "REPORT.md").read_text()
+    assert sum(len(lms) for by_model in LANDMARKS.values() for lms in by_model.values()) == 21
+    assert "| NTM landmarks of Figs 3, 7, 10 | 9 | 0 | 0 | 1 | 0 | 0 | 0 | 8 |" in text
+    assert "| all landmarks | 21 | 0 | 0 | 1 | 0 | 0 | 0 | 20 |" in text
+    assert text.index("## Verdicts") < text.index("## Per figure and model") < text.index("## Fig 3")
+    fig3 = text.split("## Fig 3:")[1].split("\n## ")[0]
+    assert "  - seeds at the paper's level: 1/3\n" in fig3
+    assert "  - why: 1 of 3 seeds agree on their own (seed 0)\n" in fig3
+    assert "  - why: seeds 1 and 2 stay on the 84-bit plateau (measured)\n" in fig3
+    assert "copy, NTM-FF: 0.5 bits at 45k: inconclusive: no runs" not in fig3  # missing models: one line, counted
+    assert "| Fig 3 | NTM-LSTM | 3 |" in text
+    assert "not in this report (`--explain`): copy/ntm_ff/0.5 bits at 45k" in text
+
+
+def test_explanations_that_are_not_a_json_object_of_lines_are_one_line_and_exit_2(tmp_path):
+    (tmp_path / "EMPTY").mkdir()
+    for content in ("{not json", '["a list"]', '{"copy/ntm_ff/0.5 bits at 45k": 3}'):
+        (tmp_path / "why.json").write_text(content)
+        result = run_cli(["EMPTY", "--explain", "why.json"], cwd=tmp_path, exe=exe("ntm-report"), timeout=120)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ntm-report: error: --explain why.json"), result.stderr
