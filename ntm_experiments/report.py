@@ -29,7 +29,6 @@ from pathlib import Path
 from .aggregate import (DEFAULT_THRESHOLD, MODEL_COLOURS, MODEL_LABELS, OneLineParser, Summary, label_axes,
                         plot_band, positive_float, summarise, write_aggregate)
 from .compare import NOT_REACHED, PLUS_BITS, REACHED, WINDOW, Comparison, compare, window_end
-from .compare import reach as _reach
 from .errors import RunError
 from .paper import FIGURES, Figure, load_paper_curves  # noqa: F401 - Figure, load_paper_curves re-exported
 from .runs import OPTIMAL_SUFFIX, Run, distinct, load_runs, median, save_figure, write_atomic
@@ -220,6 +219,11 @@ class Verdict:
         return f"{self.task}/{self.model}/{landmark_id(self.landmark)}"
 
 
+def _reach_agrees(ours_end: int, paper_end: int) -> bool:
+    """Sequences to a cost (window ends) within REACH_FACTOR of the paper's, either way."""
+    return ours_end <= REACH_FACTOR * paper_end and ours_end * REACH_FACTOR >= paper_end
+
+
 def _cost_agrees(ours: float, paper_cost: float) -> bool:
     return abs(ours - paper_cost) <= max(COST_TOLERANCE * paper_cost, COST_FLOOR)
 
@@ -250,7 +254,7 @@ def _judge(summary: Summary, landmark: tuple, comp: Comparison) -> tuple[str, st
         head = f"{name}: below {threshold:g} bits and staying below"
         if median_reach.status == REACHED:
             ours = median_reach.at
-            verdict = ("agrees" if ours <= REACH_FACTOR * paper_end and ours * REACH_FACTOR >= paper_end else
+            verdict = ("agrees" if _reach_agrees(ours, paper_end) else
                        "disagrees: slower" if ours > paper_end else "disagrees: faster")
             return (f"{head} from the window ending at {k(ours)} sequences (paper: {_paper_window(paper_k)}); "
                     f"{verdict} ({per_seed})"), verdict
@@ -282,28 +286,18 @@ def landmark_line(summary: Summary, landmark: tuple, comp: Comparison | None = N
     return _judge(summary, landmark, comp or comparison(summary))[0]
 
 
-def seed_levels(landmark: tuple, comp: Comparison) -> tuple[int | None, int, list[str]]:
+def seed_levels(landmark: tuple, comp: Comparison) -> tuple[int | None, int]:
     """How typical the paper's run is among our seeds: (seeds at the paper's level, seeds covering
-    the landmark, one phrase per seed). At the paper's level: for "below", the seed's own binned curve
+    the landmark). At the paper's level: for "below", the seed's own binned curve
     reaches the cost and stays below it to the end of the run (at any time); for "at" and "mean", the
     seed's cost there is at most the paper's plus this module's tolerance (25 % or 0.1 bits)."""
     kind, a, b = landmark
-    at_level, covering, phrases = 0, 0, []
-    for binned, seed in zip(comp.per_seed, comp.seeds):
-        if kind == "below":
-            r = _reach(binned, a)
-            covering += binned.last_end >= window_end(b * 1000)
-            at_level += r.status == REACHED
-            phrases.append(f"{r.text()} (seed {seed})")
-        else:
-            cost = _window_cost(binned, landmark)
-            if cost is None:
-                phrases.append(f"not covered (seed {seed})")
-                continue
-            covering += 1
-            at_level += cost <= b or _cost_agrees(cost, b)
-            phrases.append(f"{cost:.3g} (seed {seed})")
-    return (at_level if covering or kind == "below" else None), covering, phrases
+    if kind == "below":
+        _, reaches = comp.reach(a)
+        covering = sum(binned.last_end >= window_end(b * 1000) for binned in comp.per_seed)
+        return sum(r.status == REACHED for r in reaches), covering
+    costs = [c for c in (_window_cost(binned, landmark) for binned in comp.per_seed) if c is not None]
+    return (sum(c <= b or _cost_agrees(c, b) for c in costs) if costs else None), len(costs)
 
 
 def _why(landmark: tuple, verdict: str, comp: Comparison) -> tuple[str, ...]:
@@ -315,17 +309,16 @@ def _why(landmark: tuple, verdict: str, comp: Comparison) -> tuple[str, ...]:
     facts = []
     if kind == "below":
         paper_end = window_end(b * 1000)
-        alone = [s for bn, s in zip(comp.per_seed, comp.seeds) if (r := _reach(bn, a)).status == REACHED
-                 and r.at <= REACH_FACTOR * paper_end and r.at * REACH_FACTOR >= paper_end]
+        median_reach, reaches = comp.reach(a)
+        alone = [s for r, s in zip(reaches, comp.seeds) if r.status == REACHED and _reach_agrees(r.at, paper_end)]
         facts.append(f"{len(alone)} of {len(comp.seeds)} seeds agree on their own"
                      + (f" (seed{'s' if len(alone) > 1 else ''} {', '.join(map(str, alone))})" if alone else ""))
-        median_reach = _reach(comp.median, a)
         if median_reach.status == REACHED:
             windows = abs(median_reach.at - paper_end) // WINDOW
             facts.append(f"the median curve is {windows} of the paper's {WINDOW // 1000:g}k windows "
                          f"{'later' if median_reach.at > paper_end else 'earlier'} than the paper's")
-        elif median_reach.status != REACHED:
-            never = [s for bn, s in zip(comp.per_seed, comp.seeds) if _reach(bn, a).status != REACHED]
+        else:
+            never = [s for r, s in zip(reaches, comp.seeds) if r.status != REACHED]
             facts.append(f"seed{'s' if len(never) > 1 else ''} {', '.join(map(str, never))} never stay below "
                          f"{a:g} bits within the run")
     else:
@@ -347,7 +340,7 @@ def judge(summary: Summary, landmark: tuple, comp: Comparison | None = None) -> 
     """The landmark's sentence, verdict, seeds at the paper's level and, for a disagreement, the measured why."""
     comp = comp or comparison(summary)
     line, verdict = _judge(summary, landmark, comp)
-    at_level, covering, _ = seed_levels(landmark, comp)
+    at_level, covering = seed_levels(landmark, comp)
     return Verdict(summary.task, summary.model, landmark, line, verdict, at_level, covering, len(comp.seeds),
                    _why(landmark, verdict, comp))
 
