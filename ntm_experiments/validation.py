@@ -6,10 +6,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .fast.cores import CORES
-from .optim import LR_BATCH_SCALINGS
+from .optim import LR_BATCH_SCALINGS, batch_scaled_lr
 
 # what the Hydra task function returns (and sweepers such as Optuna minimise), bits per sequence
 OBJECTIVES = ("final_train_cost", "best_eval_cost")
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate beyond it cannot be applied
 FAST_PATH_VALUES = ("auto", "true", "false")  # train.fast_path
 FAST_PATH_CORES = ("auto", *CORES)  # train.fast_path_core: auto (the device's default) or a core of fast/cores.py
 
@@ -32,6 +33,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"eval.lengths={list(cfg.eval.lengths)}: every entry must be a positive integer")
     if cfg.train.lr_batch_scaling not in LR_BATCH_SCALINGS:
         raise ConfigError(f"train.lr_batch_scaling={cfg.train.lr_batch_scaling}: must be one of {', '.join(LR_BATCH_SCALINGS)}")
+    scaled = batch_scaled_lr(cfg.train.lr, cfg.train.batch_size, cfg.train.lr_batch_scaling)
+    if scaled > FLOAT32_MAX:  # the optimiser multiplies float32 tensors by it
+        raise ConfigError(f"train.lr={cfg.train.lr}: scaled for the batch of {cfg.train.batch_size} "
+                          f"(train.lr_batch_scaling={cfg.train.lr_batch_scaling}) it is {scaled:.3g}, beyond float32's "
+                          f"largest value {FLOAT32_MAX:.3g}; must be smaller")
     if str(cfg.train.fast_path).lower() not in FAST_PATH_VALUES:
         raise ConfigError(f"train.fast_path={cfg.train.fast_path}: must be one of {', '.join(FAST_PATH_VALUES)}")
     if str(cfg.train.fast_path_core) not in FAST_PATH_CORES:

@@ -190,7 +190,7 @@ def test_divergence_restores_then_stops_keeping_the_checkpoint(workdir):
             "eval.sequences=4", "progress=false", f"hydra.run.dir={run}"]
     assert run_cli([*base, "train.total_sequences=64"], cwd=workdir).returncode == 0
     good = (run / "checkpoint.pt").read_bytes()
-    result = run_cli([*base, "train.total_sequences=100000", "train.lr=1e38", f"resume={run}"], cwd=workdir)
+    result = run_cli([*base, "train.total_sequences=100000", "train.lr=1e36", f"resume={run}"], cwd=workdir)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "training diverged" in lines[0] and "checkpoint kept" in lines[0]

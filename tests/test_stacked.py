@@ -80,8 +80,8 @@ def test_settings_are_per_run_and_a_diverging_run_fails_alone(tmp_path):
     for (_, a), (_, b) in zip(scalars(tmp_path / "r2", COST_TAG), scalars(tmp_path / "alone2", COST_TAG)):
         assert a == pytest.approx(b, rel=1e-4)
     saved = torch.load(tmp_path / "r2" / "checkpoint.pt", weights_only=False)
-    # the step's rate: train.lr scaled for the batch of 2 by the default lr_batch_scaling=sqrt
-    assert saved["optimizer"]["param_groups"][0]["lr"] == 3e-3 * math.sqrt(2)
+    # the step's rate: train.lr scaled for the batch of 2 by the default lr_batch_scaling=linear
+    assert saved["optimizer"]["param_groups"][0]["lr"] == 3e-3 * 2
 
 
 def test_a_stacked_runs_checkpoint_resumes_alone_and_the_curve_goes_on(tmp_path):

@@ -24,6 +24,7 @@ from ntm_experiments.validation import validate
     ("train.max_restores=-1", "train.max_restores=-1"),
     ("model.shift_range=64", "must be in [0, 64)"),
     ("train.lr_batch_scaling=cube", "train.lr_batch_scaling=cube: must be one of none, sqrt, linear"),
+    ("train.lr=1e38", "train.lr=1e+38: scaled for the batch of 4 (train.lr_batch_scaling=linear) it is 4e+38"),
 ])
 def test_validate_names_the_bad_value(override, message):
     extra = {"task.min_length=5": ["task.max_length=4"], "model.memory_init_value=0": ["model.memory_init=constant"]}
