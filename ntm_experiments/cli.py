@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -24,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .errors import Interrupted, RunError
+from .interrupts import IDLE, install_idle_handlers
 
 _DETAIL = re.compile(r"^\s*(full_key|object_type|reference_type|Config search path|provider=|To append)")
 
@@ -124,19 +124,11 @@ def run_cli(entry: Callable[[], object], prog: str, idle: str = "") -> None:
         sys.exit(130)
 
 
-# what a signal outside a training loop means: before one started (set-up, the native core's build),
-# between a sweep's jobs, or in a sweep's launcher process, whose jobs train in processes of their own
-IDLE = " while no training loop was running in this process: nothing to save"
-
-
 def train() -> None:
     from .sweep import CURRENT_SWEEP, LAST_SWEEP_FAILURES, report_failures
     from .train import main
 
-    def stop(signum: int, frame: object) -> None:  # SIGTERM outside a training loop (which handles it itself)
-        raise Interrupted(f"stopped by SIGTERM{IDLE}", signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    install_idle_handlers()  # SIGINT, SIGTERM outside a training loop (which handles them itself)
     try:
         run_cli(main, "ntm-train", IDLE)
     except Exception as error:  # a sweeper that gave up (e.g. Optuna when every trial failed)

@@ -32,6 +32,33 @@ if TYPE_CHECKING:
     from .run_state import RunState
 
 
+# what a signal outside a training loop means: before one started (set-up, the native core's build),
+# between a sweep's jobs, or in a sweep's launcher process, whose jobs train in processes of their own
+IDLE = " while no training loop was running in this process: nothing to save"
+
+# Signals that arrived outside a training loop, in order. ntm-train's handlers (idle_handlers)
+# raise at once; should library code on the way swallow that exception (a bare except, a __del__),
+# the next training loop to start stops before its first step instead of training on.
+PENDING: list[int] = []
+
+
+def idle_message(signum: int) -> str:
+    return f"{'interrupted' if signum == signal.SIGINT else 'stopped by ' + signal.Signals(signum).name}{IDLE}"
+
+
+def _idle_signal(signum: int, frame: Any) -> None:
+    """SIGINT or SIGTERM outside a training loop: remembered (PENDING), then raised as Interrupted."""
+    PENDING.append(signum)
+    raise Interrupted(idle_message(signum), signum)
+
+
+def install_idle_handlers() -> None:
+    """ntm-train's handlers for SIGINT and SIGTERM outside its training loops (StopSignals takes
+    over inside one); installed first thing, so no signal finds Python's default."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _idle_signal)
+
+
 def submitit_signal() -> int | None:
     """submitit's pre-emption signal when this process is a submitit job, else None (the variables
     submitit sets in its jobs, read as submitit reads them: ``JobEnvironment._usr_sig``)."""
@@ -54,6 +81,11 @@ class StopSignals:
             for signum in (signal.SIGINT, signal.SIGTERM, self.preempt):
                 if signum is not None and signum not in self.previous:
                     self.previous[signum] = signal.signal(signum, self._note)
+        if PENDING:  # a signal came before this loop and its exception was swallowed on the way here
+            signum = PENDING.pop(0)
+            PENDING.clear()
+            self.__exit__()
+            raise Interrupted(idle_message(signum), signum)
         return self
 
     def __exit__(self, *exc: Any) -> None:

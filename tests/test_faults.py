@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import ntm_experiments.run_state as run_state_module
 import ntm_experiments.train as train_module
 from conftest import TINY, compose_config, ntm_train_exe, run_cli, scalars
-from ntm_experiments import checkpoint
+from ntm_experiments import checkpoint, interrupts
 from ntm_experiments.errors import ConfigError, Interrupted, RunError
 from ntm_experiments.tasks import Batch, make_task
 from ntm_experiments.train import COST_TAG, train
@@ -309,6 +309,35 @@ def test_a_signal_before_training_says_there_was_nothing_to_save(workdir, signum
         pytest.skip("the run had started training before the signal")
     assert proc.returncode == 128 + signum, stderr
     assert stderr.strip() == f"ntm-train: {said} while no training loop was running in this process: nothing to save"
+
+
+def test_a_signal_swallowed_before_training_still_stops_the_next_loop(tmp_path):
+    """ntm-train's handler outside a loop raises at once; if code on the way to the training loop
+    swallows that exception (a bare except, a __del__), the loop must not train on: it stops before
+    its first step with the same line, and leaves no checkpoint."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install_idle_handlers()
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                os.kill(os.getpid(), signum)
+                time.sleep(1)  # the handler runs at the next bytecode; it must not get past here
+                raise AssertionError("the handler did not raise")
+            except Interrupted as swallowed:  # what a careless library would do
+                assert swallowed.code == 128 + signum
+            with pytest.raises(Interrupted) as stopped:
+                train(compose_config(*TINY, "train.total_sequences=64", "progress=false"), tmp_path / signum.name)
+            assert stopped.value.code == 128 + signum
+            said = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+            assert str(stopped.value) == f"{said} while no training loop was running in this process: nothing to save"
+            assert not (tmp_path / signum.name / "checkpoint.pt").exists()
+            assert interrupts.PENDING == []  # consumed: the loop after it trains
+        assert math.isfinite(train(compose_config(*TINY, "train.total_sequences=16", "progress=false"),
+                                   tmp_path / "after"))
+    finally:
+        interrupts.PENDING.clear()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _handler_installed(pid: int) -> bool:
