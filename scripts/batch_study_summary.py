@@ -12,6 +12,8 @@ clip and epsilon fractions), then reads the records back and writes into ``out``
   curve's curve-level figure and its range over seeds, the landmarks on the median curve and over
   seeds, the fraction of seeds ending below each of the task's STABILITY costs;
 - ``batch_study.png``: per task x model, every setting's median curve over the paper's;
+- ``repeat_copy_seeds.png`` (when repeat copy NTM-LSTM has runs): the regime issue's check (CHECK),
+  each seed's curve per setting;
 - ``SUMMARY.md``: a table per task and the best setting per task x model and overall (over the NTM cells;
   cells of an earlier summary under ``out / "archive"`` whose runs were lost before records were kept
   count there, marked, until re-run).
@@ -58,6 +60,10 @@ from ntm_experiments.runs import load_run, save_figure, write_atomic  # noqa: E4
 # copy: 0.1 (the paper's landmark) and 1 bit; repeat copy: 1 and 15 (the paper's NTM-LSTM landmarks);
 # associative recall: 0.25 (Fig 10's NTM-LSTM at 205k) and 1 bit.
 STABILITY = {"copy": (0.1, 1.0), "repeat_copy": (1.0, 15.0), "associative_recall": (0.25, 1.0)}
+# The regime issue's check (Fig 7): repeat copy NTM-LSTM, seeds 0, 1 and 2, trained to 25k sequences;
+# the median of their training cost at 25k (the logged point there: the mean over the 1,000 sequences
+# before it) should be below 15 bits per sequence, as the paper's run is (13.6 bits at 25.5k).
+CHECK = {"task": "repeat_copy", "model": "ntm_lstm", "at": 25_000, "seeds": (0, 1, 2), "bits": 15.0}
 LR_MATCH = 0.01       # relative difference within which lr / the table's rate names a factor
 TIE = 0.05            # curve-level figures within this of the lowest tie for best
 FACTOR_ORDER = ("1", "sqrtB", "B", "other")
@@ -619,6 +625,7 @@ def summary_markdown(cells: list[Cell], n_runs: int, paper: dict | None = None,
         notes = [_baseline_note(task, m, paper) for m in here if m in baselines]
         md += [" ".join(notes), ""] if notes else []
 
+    md += check_markdown(cells)
     md += archive_markdown(list(archived))
     md += overall_markdown(cells, list(archived))
     md += ["## Best settings (lowest curve-level figure of the median curve; ties within "
@@ -744,6 +751,84 @@ def overall_best(cells: list[Cell], archived: list[ArchivedCell] = ()) -> str:
     return "; ".join(texts)
 
 
+# ---------------------------------------------------------------- the regime issue's check
+def cost_at(curve: list[tuple[int, float]], at: int) -> float | None:
+    """The logged training cost at the last point at or before ``at`` sequences (None before the first)."""
+    before = [cost for seen, cost in curve if seen <= at]
+    return before[-1] if before else None
+
+
+def first_below(curve: list[tuple[int, float]], bits: float) -> int | None:
+    """Sequences at the first logged point below ``bits`` (None if none is)."""
+    return next((seen for seen, cost in curve if cost < bits), None)
+
+
+def check_cells(cells: list[Cell]) -> list[Cell]:
+    return [c for c in cells if c.task == CHECK["task"] and c.model == CHECK["model"]]
+
+
+def check_markdown(cells: list[Cell]) -> list[str]:
+    """Per setting of the check's task x model: each seed's cost at the check's point, the median of the
+    check's seeds, and where each seed first logs a cost below the check's bits (leaves the plateau)."""
+    mine = check_cells(cells)
+    if not mine:
+        return []
+    at, bits, want = CHECK["at"], CHECK["bits"], CHECK["seeds"]
+    rows = []
+    for cell in mine:
+        by_seed = {r.seed: r for r in cell.runs}
+        costs = {seed: cost_at(r.curve, at) for seed, r in by_seed.items()}
+        chosen = [costs.get(seed) for seed in want]
+        median = _median(chosen) if all(c is not None for c in chosen) else None
+        verdict = "n/a" if median is None else ("yes" if median < bits else "no")
+        rows.append([f"{cell.label} ({cell.lr:g})",
+                     ", ".join(f"{seed}: {_fmt3(costs[seed])}" for seed in sorted(costs)),
+                     f"{_fmt3(median)} ({verdict})",
+                     f"{sum(1 for c in costs.values() if c is not None and c < bits)}/{len(costs)}",
+                     ", ".join(f"{seed}: {_k(first_below(by_seed[seed].curve, bits)) if first_below(by_seed[seed].curve, bits) else 'never'}"
+                               for seed in sorted(by_seed))])
+    header = ["setting", f"cost at {at // 1000:g}k, per seed (bits)",
+              f"median of seeds {', '.join(map(str, want))} < {bits:g}?", f"seeds below {bits:g} at {at // 1000:g}k",
+              f"first logged point below {bits:g} bits, per seed (within the run)"]
+    return [f"## The regime issue's check: {CHECK['task']} {MODEL_LABELS.get(CHECK['model'], CHECK['model'])}, "
+            f"seeds {', '.join(map(str, want))} below {bits:g} bits at {at // 1000:g}k", "",
+            "The paper's run is at 13.6 bits at 25.5k (Fig 7). Every run starts on a plateau near 150 bits "
+            "(the cost of outputting the mean) and leaves it at a point that depends on the seed far more "
+            "than on the setting; a run passes the check only if it has left it by 25k. Per-seed curves: "
+            "`repeat_copy_seeds.png`.", "", _table(header, rows), ""]
+
+
+def check_figure(cells: list[Cell], paper: dict):
+    """A panel per setting of the check's task x model: each seed's logged curve over the paper's, with
+    the check's point (25k) and cost (15 bits) marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = check_cells(cells)
+    fig, axes = plt.subplots(1, len(mine), figsize=(4.2 * len(mine), 3.6), squeeze=False, sharey=True,
+                             constrained_layout=True)
+    points, y_top = paper_curve(paper, CHECK["task"], CHECK["model"])
+    shown = on_axes(points, y_top)
+    for ax, cell in zip(axes[0], mine):
+        for run in cell.runs:
+            ax.plot([s / 1000 for s, _ in run.curve], [c for _, c in run.curve], lw=0.9, label=f"seed {run.seed}")
+        if shown:
+            ax.plot([x for x, _ in shown], [c for _, c in shown], "k--", marker=".", ms=4, lw=1, label="paper")
+        ax.axvline(CHECK["at"] / 1000, color="grey", lw=0.8)
+        ax.axhline(CHECK["bits"], color="grey", lw=0.8, ls=":")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlim(0, batch_study.budget(cell.task, cell.model) / 1000)
+        ax.set_title(f"{cell.label} ({cell.lr:g})", fontsize=9)
+        ax.set_xlabel("sequences seen (thousands)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=6, loc="lower left")
+    axes[0][0].set_ylabel("cost per sequence (bits)")
+    fig.suptitle(f"{CHECK['task']}, {MODEL_LABELS.get(CHECK['model'], CHECK['model'])}: every seed, as logged "
+                 f"(grey: {CHECK['at'] // 1000:g}k sequences, {CHECK['bits']:g} bits)", fontsize=10)
+    return fig
+
+
 # ---------------------------------------------------------------- entry point
 def summarise(out: Path) -> list[Path]:
     """Record every run under ``out / "runs"`` in ``out / "records"`` (keep_records), then read the
@@ -763,6 +848,9 @@ def summarise(out: Path) -> list[Path]:
         written.append(out / name)
     save_figure(study_figure(cells, paper), out / "batch_study.png")
     written.append(out / "batch_study.png")
+    if check_cells(cells):
+        save_figure(check_figure(cells, paper), out / "repeat_copy_seeds.png")
+        written.append(out / "repeat_copy_seeds.png")
     write_atomic(out / "SUMMARY.md", summary_markdown(cells, len(runs), paper, read_archive(out / "archive", cells)))
     written.append(out / "SUMMARY.md")
     return written

@@ -391,3 +391,23 @@ def test_a_diverged_run_is_marked_and_not_retried(study, tmp_path):
     table = (clone / "SUMMARY.md").read_text().split("## copy")[1].split("\n## ")[0]
     line = next(line for line in table.splitlines() if "B=4, lr x 1 " in line)
     assert "| 1 (0) (1 diverged) |" in line and "(running)" not in line
+
+
+def test_the_regime_check_reads_each_seeds_cost_at_25k_and_draws_every_seed(tmp_path):
+    """Repeat copy NTM-LSTM at B=4, lr x B, to 30k: seed 0 stays on the plateau, seed 1 leaves it at
+    21k (10 bits at 25k), seed 2 at 11k (12 bits): the median of seeds 0-2 at 25k is 12 bits, below 15.
+    At B=16 x 1 one seed only: the median of seeds 0-2 cannot be taken."""
+    runs = tmp_path / "runs" / "repeat_copy"
+    for seed, windows in enumerate([[150.0] * 3, [150.0, 150.0, 10.0], [150.0, 12.0, 12.0]]):
+        write_run(runs / "b4" / f"s{seed}", "repeat_copy", "ntm_lstm", 4, 1e-4, seed, windows, scaling="linear")
+    write_run(runs / "b16" / "s0", "repeat_copy", "ntm_lstm", 16, 1e-4, 0, [1.0] * 3)
+    with redirect_stdout(io.StringIO()):
+        written = summarise(tmp_path)
+    assert [p.name for p in written] == ["seeds.csv", "cells.csv", "batch_study.png", "repeat_copy_seeds.png",
+                                         "SUMMARY.md"]
+    assert (tmp_path / "repeat_copy_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "## The regime issue's check: repeat_copy NTM-LSTM, seeds 0, 1, 2 below 15 bits at 25k" in summary
+    check = [line for line in summary.splitlines() if line.startswith("| B=4, lr x B (0.0004) | 0: 150")]
+    assert check == ["| B=4, lr x B (0.0004) | 0: 150, 1: 10, 2: 12 | 12 (yes) | 2/3 | 0: never, 1: 21k, 2: 11k |"]
+    assert "| B=16, lr x 1 (0.0001) | 0: 1 | n/a (n/a) | 1/1 | 0: 1k |" in summary
