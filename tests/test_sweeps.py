@@ -290,3 +290,28 @@ def test_reproduce_script_runs_a_paper_experiment_at_the_smoke_budget(workdir):
     composed = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
     assert composed["budget"] == "smoke" and composed["task"]["name"] == "copy" and composed["seed"] == 1
     assert [s for s, _ in scalars(job, COST_TAG)][-1] == 320
+
+
+@pytest.mark.slow
+def test_reproduce_script_with_a_sweep_root_resumes_its_runs(workdir):
+    """SWEEP_ROOT: each experiment's sweep in a fixed folder with resume=true, so the same command
+    continues the runs (here: a run stopped at 160 sequences goes on to the smoke budget's 320)."""
+    env = {**os.environ, **ONE_THREAD, "PYTHONUNBUFFERED": "1", "BUDGET": "smoke", "EXPERIMENTS": "paper_copy",
+           "SWEEP_ROOT": "outputs/reproduction", "PATH": f"{Path(ntm_train_exe()).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    # the run's length is left out of its folder's name, so the longer run is the same folder
+    command = ["bash", str(REPO / "scripts" / "reproduce_paper.sh"), "model=ntm_ff", *TINY,
+               "hydra.job.config.override_dirname.exclude_keys=[resume,device,progress,train.total_sequences]"]
+    first = subprocess.run([*command, "train.total_sequences=160"], cwd=workdir, capture_output=True, text=True,
+                           timeout=240, env=env)
+    assert first.returncode == 0, first.stderr
+    assert ("== ntm-train -m experiment=paper_copy budget=smoke hydra.sweep.dir=outputs/reproduction/paper_copy "
+            "resume=true model=ntm_ff") in first.stdout
+    assert re.search(r"^== paper_copy: \d+ s$", first.stdout, re.M)
+    (job,) = [d for d in (workdir / "outputs" / "reproduction" / "paper_copy").iterdir() if d.is_dir()]
+    assert [s for s, _ in scalars(job, COST_TAG)][-1] == 160
+    again = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=240, env=env)
+    assert again.returncode == 0, again.stderr
+    assert [d for d in (workdir / "outputs" / "reproduction" / "paper_copy").iterdir() if d.is_dir()] == [job]
+    steps = [s for s, _ in scalars(job, COST_TAG)]
+    assert steps[-1] == 320 and steps == sorted(set(steps))  # resumed: one curve, no point written twice
