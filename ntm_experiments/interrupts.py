@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # between a sweep's jobs, or in a sweep's launcher process, whose jobs train in processes of their own
 IDLE = " while no training loop was running in this process: nothing to save"
 
-# Signals that arrived outside a training loop, in order. ntm-train's handlers (idle_handlers)
+# Signals that arrived outside a training loop, in order. ntm-train's handlers (install_idle_handlers)
 # raise at once; should library code on the way swallow that exception (a bare except, a __del__),
 # the next training loop to start stops before its first step instead of training on.
 PENDING: list[int] = []
@@ -82,7 +82,7 @@ class StopSignals:
                 if signum is not None and signum not in self.previous:
                     self.previous[signum] = signal.signal(signum, self._note)
         if PENDING:  # a signal came before this loop and its exception was swallowed on the way here
-            signum = PENDING.pop(0)
+            signum = PENDING[0]
             PENDING.clear()
             self.__exit__()
             raise Interrupted(idle_message(signum), signum)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
@@ -10,7 +11,7 @@ from .optim import LR_BATCH_SCALINGS, batch_scaled_lr
 
 # what the Hydra task function returns (and sweepers such as Optuna minimise), bits per sequence
 OBJECTIVES = ("final_train_cost", "best_eval_cost")
-FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32: a learning rate beyond it cannot be applied
+FLOAT32_MAX = torch.finfo(torch.float32).max  # a learning rate beyond it cannot be applied to float32 weights
 FAST_PATH_VALUES = ("auto", "true", "false")  # train.fast_path
 FAST_PATH_CORES = ("auto", *CORES)  # train.fast_path_core: auto (the device's default) or a core of fast/cores.py
 

@@ -778,6 +778,7 @@ def check_markdown(cells: list[Cell]) -> list[str]:
     for cell in mine:
         by_seed = {r.seed: r for r in cell.runs}
         costs = {seed: cost_at(r.curve, at) for seed, r in by_seed.items()}
+        left = {seed: first_below(r.curve, bits) for seed, r in by_seed.items()}
         chosen = [costs.get(seed) for seed in want]
         median = _median(chosen) if all(c is not None for c in chosen) else None
         verdict = "n/a" if median is None else ("yes" if median < bits else "no")
@@ -785,8 +786,7 @@ def check_markdown(cells: list[Cell]) -> list[str]:
                      ", ".join(f"{seed}: {_fmt3(costs[seed])}" for seed in sorted(costs)),
                      f"{_fmt3(median)} ({verdict})",
                      f"{sum(1 for c in costs.values() if c is not None and c < bits)}/{len(costs)}",
-                     ", ".join(f"{seed}: {_k(first_below(by_seed[seed].curve, bits)) if first_below(by_seed[seed].curve, bits) else 'never'}"
-                               for seed in sorted(by_seed))])
+                     ", ".join(f"{seed}: {_k(left[seed]) if left[seed] else 'never'}" for seed in sorted(left))])
     header = ["setting", f"cost at {at // 1000:g}k, per seed (bits)",
               f"median of seeds {', '.join(map(str, want))} < {bits:g}?", f"seeds below {bits:g} at {at // 1000:g}k",
               f"first logged point below {bits:g} bits, per seed (within the run)"]
