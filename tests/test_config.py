@@ -56,6 +56,10 @@ def test_every_pair_composes_with_its_table_row(task, model):
         assert (cfg.model.controller_size, cfg.model.controller_layers) == (size, layers)
         assert (cfg.model.memory_rows, cfg.model.memory_width) == (128, 20)
         assert cfg.model.controller == ("ff" if model == "ntm_ff" else "lstm")
+    # the regime: batch 4 at the table's rate x B, except recall NTM-FF (x 1; it diverged at x B)
+    assert cfg.train.batch_size == 4
+    assert cfg.train.lr_batch_scaling == ("none" if (task, model) == ("associative_recall", "ntm_ff") else "linear")
+    assert compose_config(f"task={task}", f"model={model}", "train.lr_batch_scaling=sqrt").train.lr_batch_scaling == "sqrt"
     validate(cfg)
     net = make_model(cfg.model, *(lambda t: (t.input_width, t.output_width))(make_task(cfg.task)))
     if model == "lstm":
