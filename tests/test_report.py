@@ -455,3 +455,20 @@ def test_explanations_that_are_not_a_json_object_of_lines_are_one_line_and_exit_
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("ntm-report: error: --explain why.json"), result.stderr
+
+
+def test_the_committed_explanations_name_landmarks_of_the_report():
+    """outputs/report/why.json (the reproduction's hand-written lines, `ntm-report --explain`): every key
+    names a landmark of LANDMARKS (a mistyped key would only be listed as 'not in this report'), and every
+    line is one line of text."""
+    import json
+
+    from ntm_experiments.report import _read_explanations, landmark_id
+
+    path = Path(__file__).resolve().parent.parent / "outputs" / "report" / "why.json"
+    explain = _read_explanations(path)
+    keys = {f"{task}/{model}/{landmark_id(lm)}" for task, models in LANDMARKS.items()
+            for model, lms in models.items() for lm in lms}
+    assert explain and set(explain) <= keys, sorted(set(explain) - keys)
+    assert all(line.strip() and "\n" not in line for line in explain.values())
+    assert json.loads(path.read_text()) == explain
