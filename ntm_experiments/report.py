@@ -195,6 +195,11 @@ def landmark_id(landmark: tuple) -> str:
     return f"mean {a[0]:g}k-{a[1]:g}k"
 
 
+def landmark_key(task: str, model: str, landmark: tuple) -> str:
+    """task/model/landmark: how ``--explain`` names a landmark."""
+    return f"{task}/{model}/{landmark_id(landmark)}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One landmark of the paper against our seeds, by compare.py's rule and this module's tolerances."""
@@ -216,7 +221,7 @@ class Verdict:
     @property
     def key(self) -> str:
         """task/model/landmark: how ``--explain`` names it."""
-        return f"{self.task}/{self.model}/{landmark_id(self.landmark)}"
+        return landmark_key(self.task, self.model, self.landmark)
 
 
 def _reach_agrees(ours_end: int, paper_end: int) -> bool:

@@ -22,68 +22,52 @@ A run already archived is replaced (each file is written to a temporary name and
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
+import io
 import sys
 from pathlib import Path
 
-from ntm_experiments.runs import ConfigError, find_run_dirs
+from ntm_experiments.runs import ConfigError, find_run_dirs, write_atomic
 
 KEPT_FILES = ("train.log", "checkpoint.pt", "FAILED")       # copied as they are, when present
 SWEEP_FILES = ("multirun.yaml", "failed_jobs.txt")            # a sweep folder's own files
 DROPPED_PLUGINS = ("images",)                                 # summaries left out of the event files
 
 
-def _atomic_copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
-
-
-def slim_events(src: Path, dest: Path) -> tuple[int, int]:
-    """Write src's event records to dest without image summaries; (records kept, records dropped)."""
+def slim_events(src: Path) -> bytes:
+    """src's event records without image summaries, as an event file's bytes."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    kept = dropped = 0
-    tmp = dest.with_name(dest.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        writer = RecordWriter(handle)
-        for record in RawEventFileLoader(str(src)).Load():
-            event = Event.FromString(record)
-            values = event.summary.value if event.HasField("summary") else []
-            if values and all(v.metadata.plugin_data.plugin_name in DROPPED_PLUGINS or v.HasField("image")
-                              for v in values):
-                dropped += 1
-                continue
-            writer.write(record)  # the record's own bytes: scalars stay exactly as logged
-            kept += 1
-        writer.flush()
-    os.replace(tmp, dest)
-    return kept, dropped
+    out = io.BytesIO()
+    writer = RecordWriter(out)
+    for record in RawEventFileLoader(str(src)).Load():
+        event = Event.FromString(record)
+        values = event.summary.value if event.HasField("summary") else []
+        if values and all(v.metadata.plugin_data.plugin_name in DROPPED_PLUGINS or v.HasField("image")
+                          for v in values):
+            continue
+        writer.write(record)  # the record's own bytes: scalars stay exactly as logged
+    return out.getvalue()
 
 
 def archive(src: Path, dest: Path) -> list[Path]:
-    """Archive every run under src into dest; the archived run folders."""
-    done = []
-    for run in find_run_dirs(src):
+    """Archive every run under src into dest (each file written whole or not at all:
+    runs.write_atomic); the archived run folders."""
+    runs = find_run_dirs(src)
+    for run in runs:
         out = dest / run.relative_to(src)
-        (out / ".hydra").mkdir(parents=True, exist_ok=True)
-        for f in (run / ".hydra").iterdir():
+        copies = [f for f in (run / ".hydra").iterdir() if f.is_file()] + [run / n for n in KEPT_FILES]
+        for f in copies:
             if f.is_file():
-                _atomic_copy(f, out / ".hydra" / f.name)
-        for name in KEPT_FILES:
-            if (run / name).is_file():
-                _atomic_copy(run / name, out / name)
+                write_atomic(out / f.relative_to(run), f.read_bytes())
         for events in sorted(run.glob("events.out.tfevents.*")):
-            slim_events(events, out / events.name)
-        sweep = run.parent
+            write_atomic(out / events.name, slim_events(events))
+    for sweep in {run.parent for run in runs if run != src}:  # each sweep folder's own files, once
         for name in SWEEP_FILES:
-            if (sweep / name).is_file() and sweep != src.parent:
-                _atomic_copy(sweep / name, out.parent / name)
-        done.append(out)
-    return done
+            if (sweep / name).is_file():
+                write_atomic(dest / sweep.relative_to(src) / name, (sweep / name).read_bytes())
+    return [dest / run.relative_to(src) for run in runs]
 
 
 def main(argv: list[str] | None = None) -> int:

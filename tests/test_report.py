@@ -463,12 +463,12 @@ def test_the_committed_explanations_name_landmarks_of_the_report():
     line is one line of text."""
     import json
 
-    from ntm_experiments.report import _read_explanations, landmark_id
+    from ntm_experiments.report import _read_explanations, landmark_key
 
     path = Path(__file__).resolve().parent.parent / "outputs" / "report" / "why.json"
     explain = _read_explanations(path)
-    keys = {f"{task}/{model}/{landmark_id(lm)}" for task, models in LANDMARKS.items()
-            for model, lms in models.items() for lm in lms}
+    keys = {landmark_key(task, model, lm) for task, models in LANDMARKS.items() for model, lms in models.items()
+            for lm in lms}
     assert explain and set(explain) <= keys, sorted(set(explain) - keys)
     assert all(line.strip() and "\n" not in line for line in explain.values())
     assert json.loads(path.read_text()) == explain
